@@ -1,0 +1,3 @@
+from mae_tracker.cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""`mae-tracker` command line: thin shells over library functions."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from mae_tracker.data.errors import DataError
+
+
+def _clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input becomes one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DataError as err:
+            click.echo(f"Error: {err}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="mae-tracker")
+def main() -> None:
+    """Masked-autoencoder experiments on jet images, tracked in MLflow."""
+
+
+@main.command()
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="HDF5 file to write (written atomically).")
+@click.option("--n-jets", type=int, default=10_000, show_default=True, help="Total jets (balanced classes).")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--preset", default="cpu", show_default=True, help="Detector preset: 'cpu' (32x32) or 'e2e' (125x125).")
+@click.option("--pt-min", type=float, default=70.0, show_default=True, help="Jet pT window lower edge [GeV].")
+@click.option("--pt-max", type=float, default=200.0, show_default=True, help="Jet pT window upper edge [GeV].")
+@click.option("--eta-max", type=float, default=1.5, show_default=True, help="Jet |eta| cut.")
+@click.option("--mpi/--no-mpi", default=True, show_default=True, help="Multi-parton interactions (off: ~5x faster).")
+@click.option("--hadronisation/--no-hadronisation", default=True, show_default=True)
+@click.option("--pt-matched/--no-pt-matched", default=False, show_default=True,
+              help="Resample so quark and gluon pT spectra match.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Parallel Pythia processes.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_clean_errors
+def generate(out: Path, workers: int, progress: bool, **settings: Any) -> None:
+    """Generate Pythia 8 quark and gluon jet images in the CMS E2E HDF5 schema."""
+    from mae_tracker.data.generate import GeneratorConfig, generate_file
+
+    config = GeneratorConfig(**settings)
+    path = generate_file(config, out, workers=workers, progress=progress)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also save mean quark and gluon images side by side to this PNG.")
+@_clean_errors
+def inspect(path: Path, plot_path: Path | None) -> None:
+    """Summarise a jet-image HDF5 file: size, balance, per-channel statistics."""
+    from mae_tracker.data.inspect import format_summary, plot_mean_images, summarize
+
+    summary = summarize(path)
+    click.echo(format_summary(summary))
+    if plot_path is not None:
+        plot_mean_images(path, plot_path)
+        click.echo(f"saved {plot_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training arms (pretrain, finetune, probe, scratch) and their MLflow tracking."""
