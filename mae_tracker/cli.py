@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Callable
 import click
 
 from mae_tracker.data.errors import DataError
+from mae_tracker.train.config import ARM_DEFAULTS, DownstreamConfig, PretrainConfig
 
 
 def _clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,6 +73,80 @@ def inspect(path: Path, plot_path: Path | None) -> None:
     if plot_path is not None:
         plot_mean_images(path, plot_path)
         click.echo(f"saved {plot_path}")
+
+
+def _config_options(config_cls: type, overrides: dict[str, Any] | None = None,
+                    skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One click option per config field: the dataclass is the single source of truth for
+    names, types, defaults and help, so CLI, MLproject and logged params always agree."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for spec in reversed(dataclasses.fields(config_cls)):
+            if spec.name in skip:
+                continue
+            default = (overrides or {}).get(spec.name, spec.default)
+            flag = "--" + spec.name.replace("_", "-")
+            # Booleans take a value (--norm-pix-loss true) so MLproject can pass them through.
+            kind = {"int": int, "float": float, "str": str, "bool": click.BOOL}[str(spec.type)]
+            func = click.option(flag, spec.name, type=kind, default=default,
+                                show_default=True, help=spec.metadata.get("help"))(func)
+        return func
+
+    return decorate
+
+
+def _run_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Training-time problems a user can fix get one line too (the run is already FAILED)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mae_tracker.train.loop import TrainingFailed
+
+        try:
+            return func(*args, **kwargs)
+        except (TrainingFailed, ValueError, FileNotFoundError) as err:
+            if isinstance(err, DataError):
+                raise
+            click.echo(f"Error: {err}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@main.command()
+@_config_options(PretrainConfig)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_clean_errors
+@_run_errors
+def pretrain(progress: bool, **settings: Any) -> None:
+    """Pretrain a masked autoencoder on the unlabelled split (the pretrain arm)."""
+    from mae_tracker.train.pretrain import pretrain as run_pretrain
+
+    result = run_pretrain(PretrainConfig(**settings), progress=progress)
+    click.echo(f"run {result['run_id']}: test_loss {result['test_loss']:.5f}; encoder {result['encoder_uri']}")
+
+
+def _downstream_command(arm: str) -> None:
+    doc = {"finetune": "Fine-tune a pretrained encoder + head, all weights trained (lower learning rate).",
+           "probe": "Linear probe: frozen pretrained encoder, linear head only.",
+           "scratch": "Baseline: the same architecture and head trained from random weights."}[arm]
+
+    @_config_options(DownstreamConfig, overrides=ARM_DEFAULTS[arm], skip=("arm",))
+    @click.option("--progress/--no-progress", default=True, show_default=True)
+    @_clean_errors
+    @_run_errors
+    def command(progress: bool, **settings: Any) -> None:
+        from mae_tracker.train.downstream import train_classifier
+
+        result = train_classifier(DownstreamConfig(arm=arm, **settings), progress=progress)
+        click.echo(f"run {result['run_id']}: test_auc {result['test_auc']:.4f} test_acc {result['test_acc']:.4f}")
+
+    command.__doc__ = doc
+    main.command(name=arm)(command)
+
+
+for _arm in ("finetune", "probe", "scratch"):
+    _downstream_command(_arm)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""Turn a run config into data the loops can use: file, validated reader, splits, digest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mae_tracker.data.default import default_dataset
+from mae_tracker.data.jetfile import JetFileInfo, JetImageReader, file_digest, make_splits, open_jet_file
+from mae_tracker.train.config import CommonConfig
+
+
+@dataclass
+class RunData:
+    path: Path
+    info: JetFileInfo
+    reader: JetImageReader
+    splits: dict[str, np.ndarray]
+    digest: str
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {name: int(len(indices)) for name, indices in self.splits.items()}
+
+
+def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
+    """Validate the file (DataError on any problem) and split it, seeded.
+
+    Every arm calls this with the same split fields, so pretraining never sees the
+    validation or test jets that the downstream arms are scored on.
+    """
+    path = Path(config.data) if config.data else default_dataset(progress=progress)
+    info = open_jet_file(path)
+    fractions = {"pretrain": config.pretrain_fraction, "train": config.train_fraction,
+                 "val": config.val_fraction, "test": config.test_fraction}
+    splits = make_splits(info.n_jets, fractions, seed=config.split_seed)
+    return RunData(path=path, info=info, reader=JetImageReader(info), splits=splits, digest=file_digest(path))
+
+
+def subsample(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded subset for label-efficiency studies; nested: a smaller fraction's jets are
+    a subset of a larger fraction's (same seed), so curves vary only in label count."""
+    if fraction >= 1.0:
+        return indices
+    order = np.random.default_rng(seed).permutation(len(indices))
+    keep = max(1, int(round(fraction * len(indices))))
+    return np.sort(indices[order[:keep]])

@@ -1,0 +1,155 @@
+"""The downstream arms: finetune, probe (frozen encoder, linear head) and scratch.
+
+All three train the same classifier on the same labelled split with the same budget;
+only the encoder's starting point and what is trainable differ.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from mae_tracker.data.jetfile import iterate_batches
+from mae_tracker.data.preprocess import Preprocessor
+from mae_tracker.models.classifier import JetClassifier
+from mae_tracker.models.registry import EncoderConfig, build_encoder
+from mae_tracker.train import loop, plots, tracking
+from mae_tracker.train.config import DownstreamConfig
+from mae_tracker.train.data import RunData, prepare_data, subsample
+from mae_tracker.train.pretrain import build_encoder_config
+
+
+def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate one downstream arm; returns final metrics plus ``run_id``."""
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    data = prepare_data(config, progress=progress)
+    device = loop.select_device(config.device)
+    loop.seed_everything(config.seed)
+    train_indices = subsample(data.splits["train"], config.label_fraction, config.seed)
+    if len(train_indices) < config.batch_size:
+        raise ValueError(f"labelled train split has {len(train_indices)} jets, fewer than one batch "
+                         f"({config.batch_size}); raise --label-fraction or lower --batch-size")
+
+    encoder, preprocessor, encoder_meta = _starting_encoder(config, data, train_indices, progress)
+    tags = {"arm": config.arm}
+    if encoder_meta.get("pretrain_run_id"):
+        tags["pretrain_run_id"] = encoder_meta["pretrain_run_id"]
+    with tracking.tracked_run(config.experiment, config.run_name, config.resume, tags=tags) as run:
+        run_id = run.info.run_id
+        ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
+        model = JetClassifier(encoder, linear_probe=config.arm == "probe", pool=config.pool,
+                              dropout=config.dropout).to(device)
+        optimizer = loop.make_optimizer(model.parameters(), config.lr, config.weight_decay)
+        steps_per_epoch = len(train_indices) // config.batch_size
+        scheduler = loop.warmup_cosine(optimizer, int(config.warmup_epochs * steps_per_epoch),
+                                       config.epochs * steps_per_epoch)
+        best = {"val_auc": -1.0, "epoch": -1, "state": None}
+        start_epoch = 0
+        if config.resume:
+            state = loop.load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+            best = state["extra"]["best"]
+            start_epoch = state["epoch"] + 1
+        else:
+            tracking.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
+                                    {"train": len(train_indices), "val": len(data.splits["val"]),
+                                     "test": len(data.splits["test"])})
+            mlflow.log_params({"labelled_jets": len(train_indices),
+                               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+            mlflow.log_dict(model.encoder.config.to_dict(), "encoder_config.json")
+            mlflow.log_dict(preprocessor.to_dict(), "preprocessing.json")
+
+        metrics: dict[str, float] = {}
+        for epoch in range(start_epoch, config.epochs):
+            metrics = _train_epoch(model, optimizer, scheduler, data, train_indices, preprocessor,
+                                   config, epoch, device, progress)
+            labels, scores = predict(model, data, data.splits["val"], preprocessor, config.batch_size, device)
+            metrics.update(_scores("val", labels, scores))
+            mlflow.log_metrics(metrics, step=epoch)
+            if metrics["val_auc"] > best["val_auc"]:  # model selection on validation only
+                best = {"val_auc": metrics["val_auc"], "epoch": epoch,
+                        "state": copy.deepcopy(model.state_dict())}
+            loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
+                                 extra={"best": best})
+            if callback is not None:
+                callback(epoch, metrics)
+
+        model.load_state_dict(best["state"])
+        labels, scores = predict(model, data, data.splits["test"], preprocessor, config.batch_size, device)
+        final = {**_scores("test", labels, scores), "best_epoch": best["epoch"], "best_val_auc": best["val_auc"]}
+        mlflow.log_metrics(final)
+        title = f"{config.arm}: test ROC AUC {final['test_auc']:.4f}"
+        tracking.log_figure(plots.roc_figure(labels, scores, title), "roc_curve.png")
+        tracking.log_figure(plots.score_histogram(labels, scores, title), "score_histogram.png")
+        example, _ = data.reader.read(data.splits["test"][:2])
+        tracking.log_torch_model(model, "classifier", preprocessor.transform(example).astype(np.float32),
+                                 {"encoder_config": model.encoder.config.to_dict(), "arm": config.arm,
+                                  "preprocessing": preprocessor.to_dict(),
+                                  "pretrain_run_id": encoder_meta.get("pretrain_run_id", ""),
+                                  "channel_names": list(data.info.channel_names)})
+    return {**metrics, **final, "run_id": run_id}
+
+
+def _starting_encoder(config: DownstreamConfig, data: RunData, train_indices: np.ndarray,
+                      progress: bool) -> tuple[torch.nn.Module, Preprocessor, dict[str, Any]]:
+    """Pretrained weights (finetune, probe) or the same architecture at random (scratch)."""
+    if config.encoder_uri:
+        wrapper, meta = tracking.load_encoder(config.encoder_uri)
+        encoder_cfg = EncoderConfig.from_dict(meta["encoder_config"])
+        _check_shape(encoder_cfg, data)
+        preprocessor = Preprocessor.from_dict(meta["preprocessing"])
+        if config.arm == "scratch":  # only the architecture is borrowed
+            return build_encoder(encoder_cfg), preprocessor, meta
+        return wrapper.encoder, preprocessor, meta
+    encoder = build_encoder(build_encoder_config(config, data))
+    return encoder, Preprocessor.fit(data.reader, train_indices, progress=progress), {}
+
+
+def _check_shape(encoder_cfg: EncoderConfig, data: RunData) -> None:
+    expected = (encoder_cfg.in_chans, *encoder_cfg.img_size)
+    if tuple(expected) != tuple(data.info.image_shape):
+        raise ValueError(f"encoder expects images {expected} (C,H,W) but {data.path} has "
+                         f"{data.info.image_shape}")
+
+
+def _train_epoch(model: JetClassifier, optimizer: torch.optim.Optimizer, scheduler: Any, data: RunData,
+                 indices: np.ndarray, preprocessor: Preprocessor, config: DownstreamConfig, epoch: int,
+                 device: torch.device, progress: bool) -> dict[str, float]:
+    model.train()
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    buffer = tracking.MetricBuffer()
+
+    def compute_loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return loss_fn(model(images.to(device, non_blocking=True)), labels.to(device).float())
+
+    batches = iterate_batches(data.reader, indices, config.batch_size, shuffle=True, seed=config.seed,
+                              epoch=epoch, preprocessor=preprocessor, drop_last=True)
+    metrics = loop.train_one_epoch(batches, len(indices) // config.batch_size, compute_loss, optimizer,
+                                   scheduler, epoch=epoch, log_every_steps=config.log_every_steps,
+                                   step_metrics=buffer, progress=progress, desc=f"{config.arm} epoch {epoch}")
+    buffer.flush()
+    return metrics
+
+
+@torch.no_grad()
+def predict(model: JetClassifier, data: RunData, indices: np.ndarray, preprocessor: Preprocessor,
+            batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and quark probabilities for the given jets, in index order."""
+    model.eval()
+    labels, scores = [], []
+    for images, batch_labels in iterate_batches(data.reader, indices, batch_size, shuffle=False,
+                                                preprocessor=preprocessor):
+        scores.append(torch.sigmoid(model(images.to(device))).cpu().numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(labels), np.concatenate(scores)
+
+
+def _scores(prefix: str, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    return {f"{prefix}_auc": float(roc_auc_score(labels, scores)),
+            f"{prefix}_acc": float(accuracy_score(labels, scores > 0.5))}

@@ -1,0 +1,132 @@
+"""Pieces every arm shares: device, seeding, optimiser + schedule, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mae_tracker.data.default import cache_dir
+
+
+
+class TrainingFailed(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the run is marked FAILED."""
+
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+"""Called after every epoch with (epoch, metrics); may raise (e.g. optuna.TrialPruned)."""
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to zero, stepped once per batch (the MAE recipe)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def checkpoint_path(checkpoint_dir: str, run_id: str) -> Path:
+    root = Path(checkpoint_dir) if checkpoint_dir else cache_dir() / "checkpoints"
+    return root / run_id / "checkpoint.pt"
+
+
+def save_checkpoint(path: Path, *, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, extra: dict[str, Any] | None = None) -> None:
+    """Everything needed to continue exactly where we stopped; written atomically so a
+    Ctrl-C during the save leaves the previous epoch's checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "extra": extra or {},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any) -> dict[str, Any]:
+    """Restore model/optimiser/scheduler/RNG state; returns the checkpoint (epoch, extra)."""
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state
+
+
+def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingFailed(f"loss became {loss.item()} at epoch {epoch}, step {step}; "
+                             "lower the learning rate or check the input data")
+
+
+def train_one_epoch(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
+                    compute_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    optimizer: torch.optim.Optimizer, scheduler: Any, *, epoch: int,
+                    log_every_steps: int = 0, step_metrics: Any = None, progress: bool = False,
+                    desc: str = "") -> dict[str, float]:
+    """One pass over ``batches``: the optimisation loop every arm shares.
+
+    ``compute_loss(images, labels)`` is the arm's only say; ``step_metrics`` (a
+    tracking.MetricBuffer or None) receives the loss every ``log_every_steps`` steps.
+    """
+    total_loss, seen, started = 0.0, 0, time.perf_counter()
+    bar = tqdm(batches, total=steps_per_epoch, disable=not progress, desc=desc, leave=False)
+    for step, (images, labels) in enumerate(bar):
+        loss = compute_loss(images, labels)
+        check_finite(loss, epoch, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(images)
+        seen += len(images)
+        global_step = epoch * steps_per_epoch + step
+        if step_metrics is not None and log_every_steps and global_step % log_every_steps == 0:
+            step_metrics.add("train_loss_step", loss.item(), global_step)
+    elapsed = time.perf_counter() - started
+    return {"train_loss": total_loss / max(1, seen), "lr": optimizer.param_groups[0]["lr"],
+            "throughput_img_s": seen / elapsed, "epoch_time_s": elapsed}

@@ -1,0 +1,194 @@
+"""The pretrain arm: a masked autoencoder on the unlabelled split, tracked in MLflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+
+from mae_tracker.data.jetfile import iterate_batches
+from mae_tracker.data.preprocess import Preprocessor
+from mae_tracker.models.export import EncoderFeatures, MAEReconstruction
+from mae_tracker.models.mae import MAEConfig, build_mae
+from mae_tracker.models.registry import encoder_config
+from mae_tracker.train import loop, plots, tracking
+from mae_tracker.train.config import CommonConfig, PretrainConfig
+from mae_tracker.train.data import RunData, prepare_data
+
+EVAL_NOISE_SEED = 12345  # the same masks every epoch, so eval losses are comparable
+
+
+def build_encoder_config(config: CommonConfig, data: RunData) -> Any:
+    """Encoder architecture from the variant plus the config's non-zero overrides."""
+    overrides = {name: getattr(config, name) for name in ("depth", "embed_dim", "num_heads")
+                 if getattr(config, name)}
+    return encoder_config(config.variant, img_size=(data.info.height, data.info.width),
+                          in_chans=data.info.channels, patch_size=config.patch_size or None, **overrides)
+
+
+def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
+             progress: bool = True) -> dict[str, float]:
+    """Train an MAE; log metrics per epoch, grids, and the encoder + MAE models.
+
+    Returns the last epoch's metrics plus the final figures (and ``run_id``, ``encoder_uri``).
+    """
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    data = prepare_data(config, progress=progress)
+    device = loop.select_device(config.device)
+    loop.seed_everything(config.seed)
+    train_indices = data.splits["pretrain"]
+    if config.max_jets:
+        train_indices = train_indices[:config.max_jets]
+    test_indices = data.splits["test"][:config.eval_jets]
+    if len(train_indices) < config.batch_size:
+        raise ValueError(f"pretrain split has {len(train_indices)} jets, fewer than one batch "
+                         f"({config.batch_size}); use more data or a smaller --batch-size")
+
+    with tracking.tracked_run(config.experiment, config.run_name, config.resume,
+                              tags={"arm": "pretrain"}) as run:
+        run_id = run.info.run_id
+        ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
+        mae_config = MAEConfig(encoder=build_encoder_config(config, data), decoder_dim=config.decoder_dim,
+                               decoder_depth=config.decoder_depth, decoder_heads=config.decoder_heads,
+                               norm_pix_loss=config.norm_pix_loss)
+        model = build_mae(mae_config).to(device)
+        optimizer = loop.make_optimizer(model.parameters(), config.lr, config.weight_decay)
+        steps_per_epoch = len(train_indices) // config.batch_size
+        scheduler = loop.warmup_cosine(optimizer, int(config.warmup_epochs * steps_per_epoch),
+                                       config.epochs * steps_per_epoch)
+        start_epoch = 0
+        if config.resume:
+            state = loop.load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+            preprocessor = Preprocessor.from_dict(state["extra"]["preprocessing"])
+            start_epoch = state["epoch"] + 1
+        else:
+            # Statistics from the training split only; they travel with the logged models.
+            preprocessor = Preprocessor.fit(data.reader, train_indices, progress=progress)
+            tracking.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
+                                    {"pretrain": len(train_indices), "test": len(test_indices)})
+            mlflow.log_params({"encoder_params": sum(p.numel() for p in model.encoder.parameters()),
+                               "num_patches": model.encoder.num_patches})
+            mlflow.log_dict(mae_config.to_dict(), "mae_config.json")
+            mlflow.log_dict(preprocessor.to_dict(), "preprocessing.json")
+
+        grid_train = _load(data, train_indices[:config.image_jets], preprocessor)
+        grid_test = _load(data, test_indices[:config.image_jets], preprocessor)
+        metrics: dict[str, float] = {}
+        for epoch in range(start_epoch, config.epochs):
+            metrics = _train_epoch(model, optimizer, scheduler, data, train_indices, preprocessor,
+                                   config, epoch, device, progress)
+            metrics["train_eval_loss"] = _eval_loss(model, data, train_indices[:len(test_indices)],
+                                                    preprocessor, config, device)
+            metrics["test_loss"] = _eval_loss(model, data, test_indices, preprocessor, config, device)
+            mlflow.log_metrics(metrics, step=epoch)
+            last = epoch == config.epochs - 1
+            if last or (config.image_every and epoch % config.image_every == 0):
+                for split, images in (("train", grid_train), ("test", grid_test)):
+                    _log_grid(model, images, data.info.channel_names, config.mask_ratio, device,
+                              f"reconstructions/{split}_epoch_{epoch:03d}.png",
+                              f"{split} jets, epoch {epoch}, mask ratio {config.mask_ratio}")
+            loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
+                                 extra={"preprocessing": preprocessor.to_dict()})
+            if callback is not None:
+                callback(epoch, metrics)
+
+        final = _compression_figures(model, data, test_indices, preprocessor, config, device)
+        mlflow.log_metrics(final)
+        encoder_uri = _log_models(model, mae_config, preprocessor, data, config, run_id, grid_test)
+        if config.register_as:
+            mlflow.register_model(encoder_uri, config.register_as)
+    return {**metrics, **final, "run_id": run_id, "encoder_uri": encoder_uri}
+
+
+def _load(data: RunData, indices: np.ndarray, preprocessor: Preprocessor) -> torch.Tensor:
+    images, _ = data.reader.read(np.asarray(indices))
+    return torch.from_numpy(preprocessor.transform(images))
+
+
+def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, data: RunData,
+                 indices: np.ndarray, preprocessor: Preprocessor, config: PretrainConfig, epoch: int,
+                 device: torch.device, progress: bool) -> dict[str, float]:
+    model.train()
+    buffer = tracking.MetricBuffer()
+
+    def compute_loss(images: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
+        return model(images.to(device, non_blocking=True), mask_ratio=config.mask_ratio)[0]
+
+    batches = iterate_batches(data.reader, indices, config.batch_size, shuffle=True, seed=config.seed,
+                              epoch=epoch, preprocessor=preprocessor, drop_last=True)
+    metrics = loop.train_one_epoch(batches, len(indices) // config.batch_size, compute_loss, optimizer,
+                                   scheduler, epoch=epoch, log_every_steps=config.log_every_steps,
+                                   step_metrics=buffer, progress=progress, desc=f"pretrain epoch {epoch}")
+    buffer.flush()
+    return metrics
+
+
+@torch.no_grad()
+def _eval_loss(model: torch.nn.Module, data: RunData, indices: np.ndarray, preprocessor: Preprocessor,
+               config: PretrainConfig, device: torch.device) -> float:
+    """Reconstruction loss with fixed masks (same noise every epoch) on the given jets."""
+    model.eval()
+    generator = torch.Generator().manual_seed(EVAL_NOISE_SEED)
+    total, seen = 0.0, 0
+    for images, _ in iterate_batches(data.reader, indices, config.batch_size, shuffle=False,
+                                     preprocessor=preprocessor):
+        noise = torch.rand(len(images), model.encoder.num_patches, generator=generator)
+        loss, _, _ = model(images.to(device), mask_ratio=config.mask_ratio, noise=noise.to(device))
+        total += loss.item() * len(images)
+        seen += len(images)
+    return total / max(1, seen)
+
+
+@torch.no_grad()
+def _log_grid(model: torch.nn.Module, images: torch.Tensor, channel_names: Any, mask_ratio: float,
+              device: torch.device, artifact_file: str, title: str) -> None:
+    model.eval()
+    noise = torch.rand(len(images), model.encoder.num_patches,
+                       generator=torch.Generator().manual_seed(EVAL_NOISE_SEED))
+    reconstruction, pixel_mask = model.reconstruct(images.to(device), mask_ratio, noise=noise.to(device))
+    masked = images * (1 - pixel_mask.cpu())
+    fig = plots.reconstruction_grid(images.numpy(), masked.numpy(), reconstruction.cpu().numpy(),
+                                    channel_names, title)
+    tracking.log_figure(fig, artifact_file)
+
+
+@torch.no_grad()
+def _compression_figures(model: torch.nn.Module, data: RunData, indices: np.ndarray,
+                         preprocessor: Preprocessor, config: PretrainConfig, device: torch.device
+                         ) -> dict[str, float]:
+    """How much smaller the latent vector is than the stored image, and how faithfully the
+    masked reconstruction keeps each channel's total (in preprocessed units)."""
+    model.eval()
+    c, h, w = data.info.image_shape
+    figures = {"compression_ratio": (c * h * w) / model.encoder.embed_dim}
+    generator = torch.Generator().manual_seed(EVAL_NOISE_SEED)
+    errors = []
+    for images, _ in iterate_batches(data.reader, indices, config.batch_size, shuffle=False,
+                                     preprocessor=preprocessor):
+        noise = torch.rand(len(images), model.encoder.num_patches, generator=generator)
+        reconstruction, _ = model.reconstruct(images.to(device), config.mask_ratio, noise=noise.to(device))
+        true_sum = images.sum(dim=(2, 3))
+        recon_sum = reconstruction.cpu().sum(dim=(2, 3))
+        errors.append(((recon_sum - true_sum).abs() / true_sum.clamp_min(1e-6)).numpy())
+    per_channel = np.concatenate(errors).mean(axis=0)
+    for name, value in zip(data.info.channel_names, per_channel):
+        figures[f"recon_total_rel_error_{name}"] = float(value)
+    figures["recon_total_rel_error"] = float(per_channel.mean())
+    return figures
+
+
+def _log_models(model: torch.nn.Module, mae_config: MAEConfig, preprocessor: Preprocessor, data: RunData,
+                config: PretrainConfig, run_id: str, example: torch.Tensor) -> str:
+    """Log encoder and full MAE only after training succeeded: a failed run has no model."""
+    metadata = {"encoder_config": mae_config.encoder.to_dict(), "mae_config": mae_config.to_dict(),
+                "preprocessing": preprocessor.to_dict(), "pretrain_run_id": run_id,
+                "channel_names": list(data.info.channel_names), "data_sha256": data.digest,
+                "mask_ratio": config.mask_ratio}
+    input_example = example[:2].numpy().astype(np.float32)
+    encoder_uri = tracking.log_torch_model(EncoderFeatures(model.encoder), "encoder", input_example, metadata)
+    tracking.log_torch_model(MAEReconstruction(model, config.mask_ratio), "mae", input_example, metadata)
+    mlflow.set_tag("encoder_uri", encoder_uri)
+    return encoder_uri

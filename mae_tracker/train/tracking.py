@@ -1,0 +1,198 @@
+"""Everything that talks to MLflow lives here, so the training loops stay readable."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+# Artifact downloads print a progress bar per call; in a training log that is noise.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+
+TRACKED_PACKAGES = ("mae-tracker", "torch", "timm", "numpy", "h5py", "mlflow", "optuna",
+                    "scikit-learn", "pythia8mc", "fastjet")
+
+
+def default_tracking_uri() -> str:
+    """MLflow's own default (``mlflow.db`` in the working directory), made absolute so the
+    store does not move when a command is started from elsewhere."""
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def configure_tracking() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str:
+    """Commit of the source tree mae_tracker runs from, '+dirty' if it has local changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+@contextlib.contextmanager
+def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
+                tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or resume) a run and always close it with an honest status.
+
+    Under ``mlflow run`` the launcher has already created the run (MLFLOW_RUN_ID), and we
+    join it. Errors end the run FAILED, Ctrl-C ends it KILLED, so no run stays RUNNING.
+    """
+    configure_tracking()
+    if resume_run_id:
+        run = mlflow.start_run(run_id=resume_run_id)
+    elif os.environ.get("MLFLOW_RUN_ID"):
+        run = mlflow.start_run()
+    else:
+        mlflow.set_experiment(experiment)
+        run = mlflow.start_run(run_name=run_name or None)
+    try:
+        if tags:
+            mlflow.set_tags(tags)
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("end_reason", "interrupted (Ctrl-C); resume with --resume " + run.info.run_id)
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException as err:
+        mlflow.set_tag("end_reason", f"{type(err).__name__}: {err}"[:4000])
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def log_params_once(params: dict[str, Any]) -> None:
+    """Log params, skipping keys the run already has.
+
+    ``mlflow run -P key=value`` logs its parameters itself, as strings, and MLflow refuses
+    to log a key again with another spelling ("1e-3" vs "0.001"); a resumed run has them too.
+    """
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params
+    fresh = {k: _param_str(v) for k, v in params.items() if k not in existing}
+    for start in range(0, len(fresh), 100):  # MLflow's batch limit is 100 params
+        mlflow.log_params(dict(list(fresh.items())[start:start + 100]))
+
+
+def _param_str(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
+
+
+def log_provenance(config: dict[str, Any], data_path: Path, data_digest: str, split_sizes: dict[str, int],
+                   contexts: dict[str, int]) -> None:
+    """Config, seed, data file + digest, split sizes, package versions and git commit."""
+    log_params_once(config)
+    log_params_once({f"split_{name}": size for name, size in split_sizes.items()})
+    mlflow.set_tags({"data_path": str(data_path), "data_sha256": data_digest,
+                     "git_commit": git_commit(), "seed": str(config.get("seed"))})
+    mlflow.set_tags({f"version.{k}": v for k, v in package_versions().items()})
+    mlflow.log_dict(config, "config.json")
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = resolve_dataset_source(str(data_path.resolve()))
+    # MLflow stores at most 36 characters of a dataset digest; the full sha256 is a tag.
+    dataset = MetaDataset(source=source, name=data_path.name, digest=data_digest[:32])
+    for context, size in contexts.items():
+        mlflow.log_input(dataset, context=context, tags={"jets": str(size)})
+
+
+class MetricBuffer:
+    """Collect step-level metrics and send them in one batch: a SQLite store takes ~260
+    single log_metric calls per second, but thousands per second in a batch."""
+
+    def __init__(self) -> None:
+        self._metrics: list[Metric] = []
+
+    def add(self, key: str, value: float, step: int) -> None:
+        import time
+
+        self._metrics.append(Metric(key, float(value), int(time.time() * 1000), step))
+
+    def flush(self) -> None:
+        run = mlflow.active_run()
+        if self._metrics and run is not None:
+            client = mlflow.MlflowClient()
+            for start in range(0, len(self._metrics), 1000):
+                client.log_batch(run.info.run_id, metrics=self._metrics[start:start + 1000])
+        self._metrics = []
+
+
+def log_figure(fig: Any, artifact_file: str) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)
+
+
+def log_torch_model(model: Any, name: str, input_example: Any, metadata: dict[str, Any]) -> str:
+    """Log a model in the pickle format (it can be trained further, unlike pt2) with a
+    signature inferred from a real input; returns its URI (``runs:/<run_id>/<name>``)."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    model.eval()
+    with torch.no_grad():
+        output = model(torch.from_numpy(input_example).to(next(model.parameters()).device))
+    if isinstance(output, tuple):
+        output = output[0]
+    signature = infer_signature(input_example, output.detach().cpu().numpy())
+    model.cpu()
+    mlflow.pytorch.log_model(
+        model, name=name, signature=signature, input_example=input_example,
+        serialization_format="pickle", metadata=metadata,
+        pip_requirements=[f"torch=={package_versions()['torch']}", f"timm=={package_versions()['timm']}",
+                          "mae-tracker"],
+    )
+    with tempfile.TemporaryDirectory() as tmp:  # also a readable copy next to the run's files
+        path = Path(tmp) / f"{name}_metadata.json"
+        path.write_text(json.dumps(metadata, indent=2, default=str))
+        mlflow.log_artifact(str(path))
+    return f"runs:/{mlflow.active_run().info.run_id}/{name}"
+
+
+def load_encoder(uri: str) -> tuple[Any, dict[str, Any]]:
+    """Load an encoder logged by pretraining, with the metadata it carries
+    (encoder config, preprocessing statistics, pretrain run id)."""
+    import mlflow.pytorch
+
+    configure_tracking()
+    try:
+        info = mlflow.models.get_model_info(uri)
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except Exception as err:  # MLflow raises several types for a bad URI
+        raise ValueError(f"cannot load encoder {uri!r}: {str(err).splitlines()[0]}") from err
+    metadata = dict(info.metadata or {})
+    if "encoder_config" not in metadata or "preprocessing" not in metadata:
+        raise ValueError(f"{uri!r} is not an encoder logged by mae-tracker pretrain "
+                         "(no encoder_config/preprocessing metadata)")
+    return model, metadata
