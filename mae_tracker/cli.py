@@ -68,10 +68,10 @@ def inspect(path: Path, plot_path: Path | None) -> None:
     """Summarise a jet-image HDF5 file: size, balance, per-channel statistics."""
     from mae_tracker.data.inspect import format_summary, plot_mean_images, summarize
 
-    summary = summarize(path)
+    summary = summarize(path, with_mean_images=plot_path is not None)  # one pass over the file
     click.echo(format_summary(summary))
     if plot_path is not None:
-        plot_mean_images(path, plot_path)
+        plot_mean_images(path, plot_path, summary=summary)
         click.echo(f"saved {plot_path}")
 
 

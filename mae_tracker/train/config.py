@@ -60,9 +60,9 @@ class PretrainConfig(CommonConfig):
 
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
-    decoder_dim: int = 64
-    decoder_depth: int = 2
-    decoder_heads: int = 4
+    decoder_dim: int = field(default=0, metadata={"help": "Decoder width; 0 = the variant's."})
+    decoder_depth: int = field(default=0, metadata={"help": "Decoder depth; 0 = the variant's."})
+    decoder_heads: int = field(default=0, metadata={"help": "Decoder heads; 0 = the variant's."})
     max_jets: int = field(default=0, metadata={"help": "Cap on pretraining jets; 0 = the whole split."})
     eval_jets: int = field(default=2048, metadata={"help": "Test-split jets for the per-epoch reconstruction loss."})
     image_every: int = field(default=5, metadata={"help": "Log reconstruction grids every N epochs (and the last)."})

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mae_tracker.data.default import default_dataset
 from mae_tracker.data.jetfile import JetFileInfo, JetImageReader, file_digest, make_splits, open_jet_file
 from mae_tracker.train.config import CommonConfig
 
@@ -31,7 +30,12 @@ def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
     Every arm calls this with the same split fields, so pretraining never sees the
     validation or test jets that the downstream arms are scored on.
     """
-    path = Path(config.data) if config.data else default_dataset(progress=progress)
+    if config.data:
+        path = Path(config.data)
+    else:  # imported here: reading real files needs no Pythia
+        from mae_tracker.data.default import default_dataset
+
+        path = default_dataset(progress=progress)
     info = open_jet_file(path)
     fractions = {"pretrain": config.pretrain_fraction, "train": config.train_fraction,
                  "val": config.val_fraction, "test": config.test_fraction}

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mae_tracker.data.default import cache_dir
 
 
 
@@ -56,7 +55,10 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 
 
 def checkpoint_path(checkpoint_dir: str, run_id: str) -> Path:
-    root = Path(checkpoint_dir) if checkpoint_dir else cache_dir() / "checkpoints"
+    if checkpoint_dir:
+        root = Path(checkpoint_dir)
+    else:
+        root = Path(os.environ.get("MAE_TRACKER_CACHE") or Path.home() / ".cache" / "mae-tracker") / "checkpoints"
     return root / run_id / "checkpoint.pt"
 
 

@@ -12,7 +12,7 @@ from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.export import EncoderFeatures, MAEReconstruction
 from mae_tracker.models.mae import MAEConfig, build_mae
-from mae_tracker.models.registry import encoder_config
+from mae_tracker.models.registry import VARIANTS, encoder_config
 from mae_tracker.train import loop, plots, tracking
 from mae_tracker.train.config import CommonConfig, PretrainConfig
 from mae_tracker.train.data import RunData, prepare_data
@@ -26,6 +26,15 @@ def build_encoder_config(config: CommonConfig, data: RunData) -> Any:
                  if getattr(config, name)}
     return encoder_config(config.variant, img_size=(data.info.height, data.info.width),
                           in_chans=data.info.channels, patch_size=config.patch_size or None, **overrides)
+
+
+def _decoder_settings(config: PretrainConfig) -> dict[str, int]:
+    """The variant's decoder, with the config's non-zero overrides."""
+    settings = dict(VARIANTS[config.variant]["decoder"])
+    for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
+        if getattr(config, name):
+            settings[name] = getattr(config, name)
+    return settings
 
 
 def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
@@ -51,9 +60,8 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
                               tags={"arm": "pretrain"}) as run:
         run_id = run.info.run_id
         ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
-        mae_config = MAEConfig(encoder=build_encoder_config(config, data), decoder_dim=config.decoder_dim,
-                               decoder_depth=config.decoder_depth, decoder_heads=config.decoder_heads,
-                               norm_pix_loss=config.norm_pix_loss)
+        mae_config = MAEConfig(encoder=build_encoder_config(config, data), norm_pix_loss=config.norm_pix_loss,
+                               **_decoder_settings(config))
         model = build_mae(mae_config).to(device)
         optimizer = loop.make_optimizer(model.parameters(), config.lr, config.weight_decay)
         steps_per_epoch = len(train_indices) // config.batch_size

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import subprocess
 import tempfile
+import warnings
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -118,7 +120,9 @@ def log_provenance(config: dict[str, Any], data_path: Path, data_digest: str, sp
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = resolve_dataset_source(str(data_path.resolve()))
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(data_path.resolve()))
     # MLflow stores at most 36 characters of a dataset digest; the full sha256 is a tag.
     dataset = MetaDataset(source=source, name=data_path.name, digest=data_digest[:32])
     for context, size in contexts.items():
@@ -167,6 +171,8 @@ def log_torch_model(model: Any, name: str, input_example: Any, metadata: dict[st
         output = output[0]
     signature = infer_signature(input_example, output.detach().cpu().numpy())
     model.cpu()
+    # Pickle is deliberate (pt2 cannot be trained further); MLflow warns about it on every call.
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     mlflow.pytorch.log_model(
         model, name=name, signature=signature, input_example=input_example,
         serialization_format="pickle", metadata=metadata,
