@@ -1,0 +1,179 @@
+"""Masked Autoencoder (He et al. 2021) for C-channel detector images.
+
+The encoder (ViT or hybrid, see registry) sees only the visible patches; a light
+transformer decoder gets the encoded visible tokens plus a shared learned mask token at
+every masked position, and predicts the pixels of every patch. The loss is the per-patch
+MSE averaged over the masked patches only: reconstructing what the encoder saw is trivial
+and would dilute the signal.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from mae_tracker.models.masking import gather_tokens, mask_to_map
+from mae_tracker.models.pos_embed import sincos_pos_embed_2d
+from mae_tracker.models.registry import EncoderConfig, MAEConfig, build_encoder
+from mae_tracker.models.vit import init_mae_weights
+
+__all__ = ["MAEConfig", "MaskedAutoencoder", "build_mae", "patchify", "unpatchify"]
+
+
+def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, p*p*C); patches row-major, each flattened as (p, p, C)."""
+    if imgs.ndim != 4:
+        raise ValueError(f"patchify expects (B, C, H, W), got shape {tuple(imgs.shape)}")
+    b, c, h, w = imgs.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
+    gh, gw = h // p, w // p
+    x = imgs.reshape(b, c, gh, p, gw, p)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # b, gh, gw, p, p, c
+    return x.reshape(b, gh * gw, p * p * c)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid_size: tuple[int, int], in_chans: int) -> torch.Tensor:
+    """(B, L, p*p*C) -> (B, C, H, W); exact inverse of ``patchify``."""
+    b, n, d = patches.shape
+    gh, gw = grid_size
+    p, c = patch_size, in_chans
+    if n != gh * gw or d != p * p * c:
+        raise ValueError(f"patches {tuple(patches.shape)} do not fit grid {grid_size}, patch {p}, {c} channels")
+    x = patches.reshape(b, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)  # b, c, gh, p, gw, p
+    return x.reshape(b, c, gh * p, gw * p)
+
+
+class MaskedAutoencoder(nn.Module):
+    """MAE with a ViT or hybrid encoder. ``forward`` -> (loss, pred (B, L, p*p*C), mask (B, L)).
+
+    ``encoder_on_all_tokens`` (default: the encoder config's ``all_tokens``) switches to
+    the benchmark baseline: the encoder processes all L tokens (masked ones replaced by a
+    learned encoder mask token, SimMIM-like) and the decoder therefore needs no mask token
+    of its own. Same loss, same decoder; only where masking happens changes.
+    """
+
+    def __init__(
+        self,
+        encoder_cfg: EncoderConfig,
+        decoder_dim: int = 64,
+        decoder_depth: int = 2,
+        decoder_heads: int = 4,
+        norm_pix_loss: bool = False,
+        *,
+        decoder_mlp_ratio: float = 4.0,
+        encoder_on_all_tokens: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if encoder_on_all_tokens is not None and encoder_on_all_tokens != encoder_cfg.all_tokens:
+            encoder_cfg = EncoderConfig.from_dict({**encoder_cfg.to_dict(), "all_tokens": encoder_on_all_tokens})
+        # Validates the decoder settings too, and is what `config` hands back.
+        self._config = MAEConfig(encoder=encoder_cfg, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
+                                 decoder_heads=decoder_heads, decoder_mlp_ratio=decoder_mlp_ratio,
+                                 norm_pix_loss=norm_pix_loss)
+        self.encoder = build_encoder(encoder_cfg)
+        self.patch_size = encoder_cfg.patch_size
+        self.in_chans = encoder_cfg.in_chans
+        self.grid_size = encoder_cfg.grid_size
+        self.num_patches = encoder_cfg.num_patches
+        self.norm_pix_loss = norm_pix_loss
+        self.all_tokens = encoder_cfg.all_tokens
+
+        self.decoder_embed = nn.Linear(encoder_cfg.embed_dim, decoder_dim)
+        self.mask_token = None if self.all_tokens else nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed_2d(decoder_dim, self.grid_size),
+                             persistent=False)
+        self.decoder_blocks = nn.ModuleList(
+            Block(decoder_dim, decoder_heads, decoder_mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm)
+            for _ in range(decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(decoder_dim)
+        self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * self.in_chans)
+        for name, module in self.named_modules():
+            if name.startswith("decoder"):
+                init_mae_weights(module)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
+
+    @property
+    def config(self) -> MAEConfig:
+        return self._config
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        return patchify(imgs, self.patch_size)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        return unpatchify(patches, self.patch_size, self.grid_size, self.in_chans)
+
+    def decode(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Encoder output (B, 1+n, D) -> pixel predictions (B, L, p*p*C) in patch order."""
+        x = self.decoder_embed(latent)
+        if not self.all_tokens:
+            b, n, d = x.shape
+            fill = self.mask_token.expand(b, self.num_patches + 1 - n, d)
+            patches = gather_tokens(torch.cat([x[:, 1:], fill], dim=1), ids_restore)  # unshuffle
+            x = torch.cat([x[:, :1], patches], dim=1)
+        x = x + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def target(self, imgs: torch.Tensor) -> torch.Tensor:
+        """What the decoder should predict: pixels, or per-patch normalised pixels."""
+        target = self.patchify(imgs)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        return target
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean over masked patches of the per-patch MSE. An all-zero mask (mask_ratio=0)
+        falls back to the mean over all patches, i.e. a plain autoencoder loss."""
+        per_patch = (pred - self.target(imgs)).pow(2).mean(dim=-1)  # (B, L)
+        weights = torch.where(mask.sum() > 0, mask, torch.ones_like(mask))  # no host sync
+        return (per_patch * weights).sum() / weights.sum()
+
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        latent, mask, ids_restore = self.encoder(imgs, mask_ratio, noise)
+        pred = self.decode(latent, ids_restore)
+        return self.forward_loss(imgs, pred, mask), pred, mask
+
+    @torch.no_grad()
+    def reconstruct(
+        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For pictures: (composite (B, C, H, W), pixel_mask (B, 1, H, W), 1 = masked).
+
+        composite = input on visible patches, prediction on masked ones; the masked input is
+        ``imgs * (1 - pixel_mask)``. Runs in eval mode (restores the previous mode). With
+        norm_pix_loss the prediction is mapped back to pixels with each patch's true mean
+        and std (as MAE's own visualisation does), so it shows shape, not absolute level.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            _, pred, mask = self.forward(imgs, mask_ratio, noise)
+        finally:
+            self.train(was_training)
+        if self.norm_pix_loss:
+            patches = self.patchify(imgs)
+            mean = patches.mean(dim=-1, keepdim=True)
+            std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+            pred = pred * std + mean
+        pixel_mask = mask_to_map(mask, self.grid_size, self.patch_size).to(imgs.dtype)
+        composite = imgs * (1.0 - pixel_mask) + self.unpatchify(pred).to(imgs.dtype) * pixel_mask
+        return composite, pixel_mask
+
+
+def build_mae(cfg: MAEConfig) -> MaskedAutoencoder:
+    """Fresh MaskedAutoencoder from a config (e.g. ``MAEConfig.from_dict`` of a logged one)."""
+    model = MaskedAutoencoder(cfg.encoder, decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth,
+                              decoder_heads=cfg.decoder_heads, norm_pix_loss=cfg.norm_pix_loss,
+                              decoder_mlp_ratio=cfg.decoder_mlp_ratio)
+    model._config = cfg  # keep `extra` (variant name, ...) as given
+    return model
