@@ -1,0 +1,131 @@
+"""Loader throughput for shuffled mini-batches (not a test): images/s, side by side.
+
+Writes synthetic files shaped like real jet images (channels-last float32, ~1% of pixels
+non-zero, chunks of one jet + lzf, as the generator writes them) and times, per image size:
+
+* streaming shuffled batches from disk (what training does by default),
+* the same with preprocessing,
+* the in-memory cache of the split (cache_in_memory), with and without preprocessing,
+* h5py fancy indexing of the sorted batch (the obvious way, not used: shows why rows are
+  read one run at a time),
+* a file chunked 64 jets at a time (other tools' files): why cache_in_memory exists.
+
+    python bench/bench_loader.py            # ~1-2 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from mae_tracker.data.jetfile import JetImageReader, cache_in_memory, iterate_batches, make_splits
+from mae_tracker.data.preprocess import Preprocessor
+
+TRAINING_NEEDS = {32: 1000, 125: 700}  # img/s: vit-nano 32x32 patch 4; 125x125 patch 25 (FIELD-NOTES)
+
+
+def write_synthetic(path: Path, n: int, side: int, *, chunk_rows: int = 1, seed: int = 0) -> Path:
+    """Sparse jet-like images: ~1% occupied pixels, exponential energies, centred core."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as h5:
+        images = h5.create_dataset("X_jets", shape=(n, side, side, 3), dtype="f4",
+                                   chunks=(chunk_rows, side, side, 3), compression="lzf")
+        for start in range(0, n, 500):
+            block = np.zeros((min(500, n - start), side, side, 3), np.float32)
+            hits = int(0.01 * side * side)
+            for i in range(len(block)):
+                rows = np.clip(rng.normal(side / 2, side / 8, (hits, 3)), 0, side - 1).astype(int)
+                cols = np.clip(rng.normal(side / 2, side / 8, (hits, 3)), 0, side - 1).astype(int)
+                for c in range(3):
+                    block[i, rows[:, c], cols[:, c], c] = rng.exponential(2.0, hits)
+            images[start:start + len(block)] = block
+        h5.create_dataset("y", data=(np.arange(n) % 2).astype(np.float32))
+    return path
+
+
+def rate(batches, seconds: float) -> float:
+    """Images/s over as many batches as fit in ``seconds`` (at least 3)."""
+    count, start = 0, time.perf_counter()
+    for i, (x, _) in enumerate(batches):
+        count += len(x)
+        if i >= 2 and time.perf_counter() - start > seconds:
+            break
+    return count / (time.perf_counter() - start)
+
+
+def fancy_rate(path: Path, indices: np.ndarray, batch: int, seconds: float) -> float:
+    rng = np.random.default_rng(0)
+    order = rng.permutation(indices)
+    count, start = 0, time.perf_counter()
+    with h5py.File(path, "r") as h5:
+        images = h5["X_jets"]
+        for s in range(0, len(order), batch):
+            images[np.sort(order[s:s + batch])]
+            count += batch
+            if s >= 2 * batch and time.perf_counter() - start > seconds:
+                break
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-small", type=int, default=20_000, help="jets in the 32x32x3 file")
+    parser.add_argument("--n-large", type=int, default=3_000, help="jets in the 125x125x3 file")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for side, n in ((32, args.n_small), (125, args.n_large)):
+            t0 = time.perf_counter()
+            path = write_synthetic(Path(tmp) / f"jets{side}.h5", n, side)
+            print(f"\n== {side}x{side}x3, {n:,} jets, chunk 1 + lzf, {path.stat().st_size / n / 1024:.1f} KiB/jet "
+                  f"on disk (written in {time.perf_counter() - t0:.1f} s); training needs ~{TRAINING_NEEDS[side]} img/s")
+            reader = JetImageReader(path)
+            train = make_splits(n, {"train": 0.5}, seed=0)["train"]
+            pre = Preprocessor.fit(reader, train)
+
+            def batches(source, preprocessor=None, epoch=0):
+                return iterate_batches(source, train, args.batch, shuffle=True, seed=1, epoch=epoch,
+                                       preprocessor=preprocessor, drop_last=True)
+
+            t0 = time.perf_counter()
+            cached = cache_in_memory(reader, train, max_bytes=4 * 2**30)
+            fill = time.perf_counter() - t0
+            x = torch.from_numpy(reader.read(train[:args.batch])[0])
+            results = {
+                "disk, shuffled": rate(batches(reader), args.seconds),
+                "disk, shuffled + preprocess": rate(batches(reader, pre, 1), args.seconds),
+                "memory, shuffled": rate(batches(cached), args.seconds),
+                "memory, shuffled + preprocess": rate(batches(cached, pre), args.seconds),
+                "h5py fancy indexing (not used)": fancy_rate(path, train, args.batch, args.seconds),
+                "preprocess only (torch batch)": rate(((pre.transform(x), None) for _ in iter(int, 1)), args.seconds),
+            }
+            base = results["disk, shuffled"]
+            for name, value in results.items():
+                print(f"  {name:34s} {value:>10,.0f} img/s   x{value / base:5.2f} vs disk")
+            print(f"  (filling the in-memory cache of {len(train):,} jets took {fill:.2f} s)")
+
+        path = write_synthetic(Path(tmp) / "chunk64.h5", args.n_small, 32, chunk_rows=64)
+        reader = JetImageReader(path)
+        train = make_splits(args.n_small, {"train": 0.5}, seed=0)["train"]
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slow = rate(iterate_batches(reader, train, args.batch, shuffle=True), args.seconds)
+        fast = rate(iterate_batches(cache_in_memory(reader, train, max_bytes=2**30), train, args.batch,
+                                    shuffle=True), args.seconds)
+        print(f"\n== 32x32x3 chunked 64 jets at a time: disk shuffled {slow:,.0f} img/s, "
+              f"in memory {fast:,.0f} img/s (x{fast / slow:.1f})")
+
+
+if __name__ == "__main__":
+    main()
