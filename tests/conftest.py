@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,8 +8,28 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-@pytest.fixture(autouse=True)
-def _isolate_mlflow(tmp_path, monkeypatch):
-    """Every test gets its own SQLite tracking store; nothing touches ./mlflow.db."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("MAE_TRACKER_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_stores(tmp_path_factory: pytest.TempPathFactory):
+    """One throw-away SQLite tracking store and cache for the whole session: nothing touches
+    ./mlflow.db or ~/.cache. Tests find their runs by run id, so sharing the store is safe
+    (and creating a store costs about a second)."""
+    root = tmp_path_factory.mktemp("stores")
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MAE_TRACKER_CACHE")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    os.environ["MAE_TRACKER_CACHE"] = str(root / "cache")
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def jets_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real Pythia 8 quark/gluon jets (CPU preset, no MPI for speed), generated once per session."""
+    from mae_tracker.data.generate import GeneratorConfig, generate_file
+
+    path = tmp_path_factory.mktemp("jets") / "jets.h5"
+    generate_file(GeneratorConfig(n_jets=1000, seed=7, preset="cpu", mpi=False), path, workers=2, progress=False)
+    return path

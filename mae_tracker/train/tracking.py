@@ -43,6 +43,9 @@ def package_versions() -> dict[str, str]:
             versions[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
             versions[name] = "not installed"
+    import torch  # the local build tag (+cpu, +cu130) matters for reproducing numbers
+
+    versions["torch"] = torch.__version__
     return versions
 
 

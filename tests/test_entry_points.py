@@ -1,0 +1,107 @@
+"""`mlflow run . -e <arm> --env-manager local` and the `mae-tracker` arms, end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mae_tracker.cli import main
+from mae_tracker.train.config import ARM_DEFAULTS, DownstreamConfig, PretrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_PARAMS = {"experiment", "run_name", "resume", "checkpoint_dir", "arm"}
+
+
+def test_mlproject_mirrors_the_configs():
+    spec = yaml.safe_load((ROOT / "MLproject").read_text())
+    assert spec["conda_env"] == "conda.yaml" and (ROOT / "conda.yaml").exists()
+    for arm, config_cls in (("pretrain", PretrainConfig), ("finetune", DownstreamConfig),
+                            ("probe", DownstreamConfig), ("scratch", DownstreamConfig)):
+        entry = spec["entry_points"][arm]
+        fields = {f.name: f for f in dataclasses.fields(config_cls) if f.name not in NOT_PARAMS}
+        assert set(entry["parameters"]) == set(fields), arm
+        for name, field in fields.items():
+            default = ARM_DEFAULTS.get(arm, {}).get(name, field.default)
+            declared = entry["parameters"][name]["default"]
+            if isinstance(default, bool):
+                declared = {"true": True, "false": False}[declared]
+            assert declared == default, (arm, name)
+            assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"], (arm, name)
+        assert entry["command"].startswith(f"python -m mae_tracker {arm}")
+
+
+def _mlflow_run(arm: str, params: dict[str, object], env: dict[str, str]) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", arm, "--env-manager",
+               "local", "--experiment-name", "entry-points"]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_mlflow_run_all_four_arms(jets_file):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    tiny = {"data": jets_file, "epochs": 1, "batch_size": 32, "seed": 5, "num_threads": 2}
+    done = _mlflow_run("pretrain", {**tiny, "image_jets": 1, "eval_jets": 64}, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = mlflow.search_runs(experiment_names=["entry-points"], output_format="list")
+    assert len(runs) == 1
+    pretrain_run = runs[0]
+    assert pretrain_run.info.status == "FINISHED"
+    assert pretrain_run.data.params["epochs"] == "1" and "test_loss" in pretrain_run.data.metrics
+    assert pretrain_run.data.tags["mlflow.project.entryPoint"] == "pretrain"
+    encoder_uri = f"runs:/{pretrain_run.info.run_id}/encoder"
+    for arm in ("finetune", "probe", "scratch"):
+        done = _mlflow_run(arm, {**tiny, "encoder_uri": encoder_uri}, env)
+        assert done.returncode == 0, (arm, done.stderr[-3000:])
+    runs = mlflow.search_runs(experiment_names=["entry-points"], output_format="list")
+    by_arm = {run.data.tags.get("arm"): run for run in runs}
+    assert set(by_arm) == {"pretrain", "finetune", "probe", "scratch"}
+    for arm in ("finetune", "probe", "scratch"):
+        run = by_arm[arm]
+        assert run.info.status == "FINISHED"
+        assert 0.0 <= run.data.metrics["test_auc"] <= 1.0
+        assert run.data.tags["pretrain_run_id"] == pretrain_run.info.run_id
+        assert mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/classifier") is not None
+
+
+def _nan_file(path: Path) -> Path:
+    images = np.zeros((64, 32, 32, 3), np.float32)
+    images[10, 5, 5, 1] = np.nan
+    with h5py.File(path, "w") as f:
+        f["X_jets"] = images
+        f["y"] = np.arange(64) % 2
+    return path
+
+
+@pytest.mark.parametrize("arm", ["pretrain", "finetune", "probe", "scratch"])
+def test_bad_data_gives_one_line_error_through_every_arm(arm, tmp_path):
+    bad = _nan_file(tmp_path / "nan.h5")
+    runs_before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    args = [arm, "--data", str(bad), "--no-progress"]
+    if arm in ("finetune", "probe"):
+        args += ["--encoder-uri", "runs:/0123456789abcdef/encoder"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message
+    assert str(bad) in message and "NaN" in message
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == runs_before, "no run is opened for bad data"
+
+
+def test_missing_encoder_is_a_clear_error(jets_file):
+    result = CliRunner().invoke(main, ["probe", "--data", str(jets_file), "--no-progress",
+                                       "--encoder-uri", "runs:/0123456789abcdef/encoder"])
+    assert result.exit_code != 0
+    assert "cannot load encoder" in result.output and "Traceback" not in result.output
