@@ -179,8 +179,8 @@ def log_torch_model(model: Any, name: str, input_example: Any, metadata: dict[st
     mlflow.pytorch.log_model(
         model, name=name, signature=signature, input_example=input_example,
         serialization_format="pickle", metadata=metadata,
-        pip_requirements=[f"torch=={package_versions()['torch']}", f"timm=={package_versions()['timm']}",
-                          "mae-tracker"],
+        pip_requirements=[f"torch=={importlib_metadata.version('torch')}",
+                          f"timm=={importlib_metadata.version('timm')}", "mae-tracker"],
     )
     with tempfile.TemporaryDirectory() as tmp:  # also a readable copy next to the run's files
         path = Path(tmp) / f"{name}_metadata.json"
