@@ -47,14 +47,20 @@ def main() -> None:
 @click.option("--hadronisation/--no-hadronisation", default=True, show_default=True)
 @click.option("--pt-matched/--no-pt-matched", default=False, show_default=True,
               help="Resample so quark and gluon pT spectra match.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Parallel Pythia processes.")
+@click.option("--pthat-min", type=float, default=None,
+              help="Pythia PhaseSpace:pTHatMin [GeV]; default 0.7 * pt-min (higher sculpts low-pT jets).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Parallel Pythia processes (the output does not depend on it).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_clean_errors
 def generate(out: Path, workers: int, progress: bool, **settings: Any) -> None:
     """Generate Pythia 8 quark and gluon jet images in the CMS E2E HDF5 schema."""
     from mae_tracker.data.generate import GeneratorConfig, generate_file
 
-    config = GeneratorConfig(**settings)
+    try:
+        config = GeneratorConfig(**settings)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
     path = generate_file(config, out, workers=workers, progress=progress)
     click.echo(f"wrote {path}")
 
