@@ -134,7 +134,8 @@ def test_failure_leaves_no_file(tmp_path, monkeypatch, error):
 def test_cli_rejects_bad_settings(tmp_path):
     runner = CliRunner()
     for args, message in ((["--n-jets", "7"], "even"), (["--preset", "nope"], "unknown preset"),
-                          (["--pt-min", "300"], "pt_min < pt_max"), (["--workers", "0"], "workers")):
+                          (["--pt-min", "300"], "pt_min < pt_max"),
+                          (["--pt-min", "7000", "--pt-max", "8000"], "beam energy"), (["--workers", "0"], "workers")):
         result = runner.invoke(main, ["generate", "--out", str(tmp_path / "x.h5"), *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
     assert leftovers(tmp_path) == []

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mae_tracker.data.detector import CHANNEL_UNITS, CHANNELS, PRESETS, get_detector
-from mae_tracker.data.pythia_jets import (GLUON, GLUON_ID, JET_R, LIGHT_QUARKS, MATCH_DR, PROCESSES,
+from mae_tracker.data.pythia_jets import (COLLISION_ENERGY, GLUON, GLUON_ID, JET_R, LIGHT_QUARKS, MATCH_DR, PROCESSES,
                                           PYTHIA_SEED_MAX, QUARK, JetCuts, ShardJets, generate_jets,
                                           pythia_settings)
 
@@ -40,6 +40,7 @@ SHARD_JETS = 250  # jets of one class per shard; part of the output's identity (
 PT_BIN_WIDTH = 5.0  # GeV, pT-matched resampling granularity
 OVERSAMPLE = 1.3  # pT-matched: candidates generated per kept jet in the first round
 PTHAT_FRACTION = 0.7  # default pthat_min = 0.7 * pt_min (see GeneratorConfig)
+BEAM_ENERGY = COLLISION_ENERGY / 2
 SCHEMA = "e2e-quark-gluon"
 LABEL_CONVENTION = "1=quark,0=gluon"
 
@@ -77,6 +78,8 @@ class GeneratorConfig:
             problems.append(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         if not 0 < self.pt_min < self.pt_max:
             problems.append(f"need 0 < pt_min < pt_max, got {self.pt_min}, {self.pt_max}")
+        if self.pt_min >= BEAM_ENERGY:
+            problems.append(f"pt_min must be below the {BEAM_ENERGY:g} GeV beam energy, got {self.pt_min}")
         if self.eta_max <= 0:
             problems.append(f"eta_max must be > 0, got {self.eta_max}")
         if not 0 < self.pthat_min < self.pt_max:

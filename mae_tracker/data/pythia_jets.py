@@ -28,6 +28,7 @@ import numpy as np
 
 from mae_tracker.data.detector import DetectorSpec, particles_to_image
 
+COLLISION_ENERGY = 13000.0  # GeV, pp
 QUARK, GLUON = 1, 0
 PROCESSES: dict[int, tuple[str, ...]] = {
     QUARK: ("HardQCD:qq2qq", "HardQCD:qqbar2qqbarNew", "HardQCD:gg2qqbar"),
@@ -66,7 +67,7 @@ def pythia_settings(label: int, *, pthat_min: float, mpi: bool, hadronisation: b
     """Pythia settings for one class, seed excluded (stored in the HDF5 attributes)."""
     on = {True: "on", False: "off"}
     return [
-        "Beams:eCM = 13000.",
+        f"Beams:eCM = {COLLISION_ENERGY:g}",
         *(f"{process} = on" for process in PROCESSES[label]),
         f"PhaseSpace:pTHatMin = {pthat_min:g}",
         f"PartonLevel:MPI = {on[mpi]}",
