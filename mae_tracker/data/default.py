@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mae_tracker.data.generate import GeneratorConfig, generate_file
 
-# 10k jets (MPI on, CPU-friendly 32x32 preset): ~2 minutes once on 2 cores.
+# 10k jets (MPI on, CPU-friendly 32x32 preset): about 4 minutes once on 2 cores.
 DEFAULT_GENERATOR = GeneratorConfig(n_jets=10_000, seed=1, preset="cpu")
 
 
