@@ -50,7 +50,9 @@ def _mlflow_run(arm: str, params: dict[str, object], env: dict[str, str]) -> sub
 
 @pytest.mark.slow
 def test_mlflow_run_all_four_arms(jets_file):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # mlflow.set_experiment() in earlier tests exports MLFLOW_EXPERIMENT_ID; the launcher must not see it
+    env = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     tiny = {"data": jets_file, "epochs": 1, "batch_size": 32, "seed": 5, "num_threads": 2}
     done = _mlflow_run("pretrain", {**tiny, "image_jets": 1, "eval_jets": 64}, env)
     assert done.returncode == 0, done.stderr[-3000:]
