@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mae_tracker.cli import main
 from mae_tracker.data import generate as gen
 from mae_tracker.data.generate import GeneratorConfig, ShardTask, generate_file, pt_matched_selection
-from mae_tracker.data.pythia_jets import GLUON, QUARK, ShardJets, make_pythia
+from mae_tracker.data.pythia_jets import QUARK, ShardJets, make_pythia
 
 N_JETS = 200
 SEED = 11

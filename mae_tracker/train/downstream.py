@@ -65,10 +65,14 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             mlflow.log_dict(model.encoder.config.to_dict(), "encoder_config.json")
             mlflow.log_dict(preprocessor.to_dict(), "preprocessing.json")
 
+        loss_fn = torch.nn.BCEWithLogitsLoss()
         metrics: dict[str, float] = {}
         for epoch in range(start_epoch, config.epochs):
-            metrics = _train_epoch(model, optimizer, scheduler, data, train_indices, preprocessor,
-                                   config, epoch, device, progress)
+            model.train()
+            metrics = loop.train_one_epoch(
+                data.reader, train_indices, preprocessor, config, epoch,
+                lambda images, labels: loss_fn(model(images.to(device)), labels.to(device).float()),
+                optimizer, scheduler, progress=progress, desc=f"{config.arm} epoch {epoch}")
             labels, scores = predict(model, data, data.splits["val"], preprocessor, config.batch_size, device)
             metrics.update(_scores("val", labels, scores))
             mlflow.log_metrics(metrics, step=epoch)
@@ -116,25 +120,6 @@ def _check_shape(encoder_cfg: EncoderConfig, data: RunData) -> None:
     if tuple(expected) != tuple(data.info.image_shape):
         raise ValueError(f"encoder expects images {expected} (C,H,W) but {data.path} has "
                          f"{data.info.image_shape}")
-
-
-def _train_epoch(model: JetClassifier, optimizer: torch.optim.Optimizer, scheduler: Any, data: RunData,
-                 indices: np.ndarray, preprocessor: Preprocessor, config: DownstreamConfig, epoch: int,
-                 device: torch.device, progress: bool) -> dict[str, float]:
-    model.train()
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    buffer = tracking.MetricBuffer()
-
-    def compute_loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return loss_fn(model(images.to(device, non_blocking=True)), labels.to(device).float())
-
-    batches = iterate_batches(data.reader, indices, config.batch_size, shuffle=True, seed=config.seed,
-                              epoch=epoch, preprocessor=preprocessor, drop_last=True)
-    metrics = loop.train_one_epoch(batches, len(indices) // config.batch_size, compute_loss, optimizer,
-                                   scheduler, epoch=epoch, log_every_steps=config.log_every_steps,
-                                   step_metrics=buffer, progress=progress, desc=f"{config.arm} epoch {epoch}")
-    buffer.flush()
-    return metrics
 
 
 @torch.no_grad()

@@ -7,11 +7,13 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from mae_tracker.data.jetfile import iterate_batches
 
 
 
@@ -105,19 +107,26 @@ def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
                              "lower the learning rate or check the input data")
 
 
-def train_one_epoch(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
+def train_one_epoch(reader: Any, indices: np.ndarray, preprocessor: Any, config: Any, epoch: int,
                     compute_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    optimizer: torch.optim.Optimizer, scheduler: Any, *, epoch: int,
-                    log_every_steps: int = 0, step_metrics: Any = None, progress: bool = False,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, *, progress: bool = False,
                     desc: str = "") -> dict[str, float]:
-    """One pass over ``batches``: the optimisation loop every arm shares.
+    """One shuffled pass over ``indices``: the optimisation loop every arm shares.
 
-    ``compute_loss(images, labels)`` is the arm's only say; ``step_metrics`` (a
-    tracking.MetricBuffer or None) receives the loss every ``log_every_steps`` steps.
+    ``compute_loss(images, labels)`` (tensors on the CPU) is the arm's only say. Data loading,
+    the step and logging each live in one place here, so a distributed sampler (rank,
+    world_size of iterate_batches) and rank-0-only logging slot in without touching the arms.
+    The step loss goes to MLflow every ``config.log_every_steps`` steps, in one batch per epoch.
     """
+    from mae_tracker.train.tracking import MetricBuffer
+
+    steps_per_epoch = len(indices) // config.batch_size
+    batches = iterate_batches(reader, indices, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
+                              preprocessor=preprocessor, drop_last=True)
+    step_metrics = MetricBuffer()
     total_loss, seen, started = 0.0, 0, time.perf_counter()
-    bar = tqdm(batches, total=steps_per_epoch, disable=not progress, desc=desc, leave=False)
-    for step, (images, labels) in enumerate(bar):
+    for step, (images, labels) in enumerate(tqdm(batches, total=steps_per_epoch, disable=not progress,
+                                                 desc=desc, leave=False)):
         loss = compute_loss(images, labels)
         check_finite(loss, epoch, step)
         optimizer.zero_grad(set_to_none=True)
@@ -127,8 +136,9 @@ def train_one_epoch(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_
         total_loss += loss.item() * len(images)
         seen += len(images)
         global_step = epoch * steps_per_epoch + step
-        if step_metrics is not None and log_every_steps and global_step % log_every_steps == 0:
+        if config.log_every_steps and global_step % config.log_every_steps == 0:
             step_metrics.add("train_loss_step", loss.item(), global_step)
+    step_metrics.flush()
     elapsed = time.perf_counter() - started
     return {"train_loss": total_loss / max(1, seen), "lr": optimizer.param_groups[0]["lr"],
             "throughput_img_s": seen / elapsed, "epoch_time_s": elapsed}

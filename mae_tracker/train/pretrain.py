@@ -86,8 +86,11 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
         grid_test = _load(data, test_indices[:config.image_jets], preprocessor)
         metrics: dict[str, float] = {}
         for epoch in range(start_epoch, config.epochs):
-            metrics = _train_epoch(model, optimizer, scheduler, data, train_indices, preprocessor,
-                                   config, epoch, device, progress)
+            model.train()
+            metrics = loop.train_one_epoch(
+                data.reader, train_indices, preprocessor, config, epoch,
+                lambda images, _: model(images.to(device), mask_ratio=config.mask_ratio)[0],
+                optimizer, scheduler, progress=progress, desc=f"pretrain epoch {epoch}")
             metrics["train_eval_loss"] = _eval_loss(model, data, train_indices[:len(test_indices)],
                                                     preprocessor, config, device)
             metrics["test_loss"] = _eval_loss(model, data, test_indices, preprocessor, config, device)
@@ -114,24 +117,6 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
 def _load(data: RunData, indices: np.ndarray, preprocessor: Preprocessor) -> torch.Tensor:
     images, _ = data.reader.read(np.asarray(indices))
     return torch.from_numpy(preprocessor.transform(images))
-
-
-def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, data: RunData,
-                 indices: np.ndarray, preprocessor: Preprocessor, config: PretrainConfig, epoch: int,
-                 device: torch.device, progress: bool) -> dict[str, float]:
-    model.train()
-    buffer = tracking.MetricBuffer()
-
-    def compute_loss(images: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
-        return model(images.to(device, non_blocking=True), mask_ratio=config.mask_ratio)[0]
-
-    batches = iterate_batches(data.reader, indices, config.batch_size, shuffle=True, seed=config.seed,
-                              epoch=epoch, preprocessor=preprocessor, drop_last=True)
-    metrics = loop.train_one_epoch(batches, len(indices) // config.batch_size, compute_loss, optimizer,
-                                   scheduler, epoch=epoch, log_every_steps=config.log_every_steps,
-                                   step_metrics=buffer, progress=progress, desc=f"pretrain epoch {epoch}")
-    buffer.flush()
-    return metrics
 
 
 @torch.no_grad()
