@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -15,15 +16,21 @@ from mae_tracker.train.config import ARM_DEFAULTS, DownstreamConfig, PretrainCon
 
 
 def _clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input becomes one line on stderr and exit code 2, never a traceback."""
+    """Problems a user can fix become one line on stderr and a non-zero exit, no traceback:
+    bad data exits 2; bad settings, an unloadable encoder or a diverging loss exit 1.
+    Set MAE_TRACKER_DEBUG=1 to see the traceback instead."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mae_tracker.train.loop import TrainingFailed
+
         try:
             return func(*args, **kwargs)
-        except DataError as err:
+        except (DataError, TrainingFailed, ValueError, FileNotFoundError) as err:
+            if os.environ.get("MAE_TRACKER_DEBUG"):
+                raise
             click.echo(f"Error: {err}", err=True)
-            sys.exit(2)
+            sys.exit(2 if isinstance(err, DataError) else 1)
 
     return wrapper
 
@@ -101,29 +108,10 @@ def _config_options(config_cls: type, overrides: dict[str, Any] | None = None,
     return decorate
 
 
-def _run_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Training-time problems a user can fix get one line too (the run is already FAILED)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mae_tracker.train.loop import TrainingFailed
-
-        try:
-            return func(*args, **kwargs)
-        except (TrainingFailed, ValueError, FileNotFoundError) as err:
-            if isinstance(err, DataError):
-                raise
-            click.echo(f"Error: {err}", err=True)
-            sys.exit(1)
-
-    return wrapper
-
-
 @main.command()
 @_config_options(PretrainConfig)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_clean_errors
-@_run_errors
 def pretrain(progress: bool, **settings: Any) -> None:
     """Pretrain a masked autoencoder on the unlabelled split (the pretrain arm)."""
     from mae_tracker.train.pretrain import pretrain as run_pretrain
@@ -140,7 +128,6 @@ def _downstream_command(arm: str) -> None:
     @_config_options(DownstreamConfig, overrides=ARM_DEFAULTS[arm], skip=("arm",))
     @click.option("--progress/--no-progress", default=True, show_default=True)
     @_clean_errors
-    @_run_errors
     def command(progress: bool, **settings: Any) -> None:
         from mae_tracker.train.downstream import train_classifier
 

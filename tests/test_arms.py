@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mae_tracker.data.jetfile import file_digest
+from mae_tracker.train import loop
 from mae_tracker.train.config import DownstreamConfig, PretrainConfig
 from mae_tracker.train.downstream import train_classifier
 from mae_tracker.train.pretrain import pretrain
@@ -175,10 +176,13 @@ def test_interrupted_pretrain_resumes_into_same_run_with_same_numbers(jets_file)
     assert killed.info.status == "KILLED"
     assert "encoder" not in {m.name for m in mlflow.search_logged_models(
         experiment_ids=[killed.info.experiment_id], output_format="list") if m.source_run_id == killed.info.run_id}
-    config.resume = killed.info.run_id
-    resumed = pretrain(config, progress=False)
+    ckpt = loop.checkpoint_path("", killed.info.run_id)
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 0
+    # --resume alone is enough: everything else comes from the interrupted run's config
+    resumed = pretrain(PretrainConfig(resume=killed.info.run_id), progress=False)
     assert resumed["run_id"] == killed.info.run_id
     assert mlflow.get_run(killed.info.run_id).info.status == "FINISHED"
+    assert not ckpt.exists(), "a finished run's checkpoint is replaced by its logged models"
 
     uninterrupted = pretrain(small_pretrain(jets_file, image_every=0), progress=False)
     assert history(killed.info.run_id, "train_loss") == history(uninterrupted["run_id"], "train_loss")
@@ -193,8 +197,8 @@ def test_interrupted_finetune_resumes(pretrained, jets_file):
     run = mlflow.search_runs(experiment_names=["test-arms"], output_format="list",
                              filter_string="tags.mlflow.runName = 'resume-finetune'")[0]
     assert run.info.status == "KILLED"
-    config.resume = run.info.run_id
-    result = train_classifier(config, progress=False)
+    result = train_classifier(DownstreamConfig.for_arm("finetune", resume=run.info.run_id),
+                              progress=False)
     assert result["run_id"] == run.info.run_id
     assert len(history(run.info.run_id, "val_auc")) == 2
     assert mlflow.get_run(run.info.run_id).info.status == "FINISHED"

@@ -107,3 +107,29 @@ def test_missing_encoder_is_a_clear_error(jets_file):
                                        "--encoder-uri", "runs:/0123456789abcdef/encoder"])
     assert result.exit_code != 0
     assert "cannot load encoder" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(jets_file, tmp_path):
+    """A real SIGINT to a running `mae-tracker pretrain`, as Ctrl-C in a terminal sends."""
+    import signal
+    import time
+
+    checkpoints = tmp_path / "ckpt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mae_tracker", "pretrain", "--data", str(jets_file), "--epochs", "200",
+         "--batch-size", "32", "--image-every", "0", "--experiment", "ctrl-c", "--checkpoint-dir",
+         str(checkpoints), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("*/checkpoint.pt")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    run = mlflow.search_runs(experiment_names=["ctrl-c"], output_format="list")[0]
+    assert run.info.status == "KILLED"
+    assert f"--resume {run.info.run_id}" in run.data.tags["end_reason"]
+    assert (checkpoints / run.info.run_id / "checkpoint.pt").exists()
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert not logged, "no model from an interrupted run"

@@ -92,7 +92,7 @@ class DownstreamConfig(CommonConfig):
             raise ValueError(f"arm must be one of {ARMS[1:]}, got {self.arm!r}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
-        if self.arm in ("finetune", "probe") and not self.encoder_uri:
+        if self.arm in ("finetune", "probe") and not self.encoder_uri and not self.resume:
             raise ValueError(f"{self.arm} needs an encoder_uri (runs:/<run_id>/encoder or models:/<name>@<alias>)")
 
 

@@ -27,6 +27,7 @@ from mae_tracker.train.pretrain import build_encoder_config
 def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one downstream arm; returns final metrics plus ``run_id``."""
+    config = tracking.resumed_config(config)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     data = prepare_data(config, progress=progress)
@@ -97,6 +98,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
                                   "preprocessing": preprocessor.to_dict(),
                                   "pretrain_run_id": encoder_meta.get("pretrain_run_id", ""),
                                   "channel_names": list(data.info.channel_names)})
+        ckpt.unlink(missing_ok=True)  # the logged classifier replaces it
     return {**metrics, **final, "run_id": run_id}
 
 

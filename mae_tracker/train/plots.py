@@ -12,32 +12,36 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
-def reconstruction_grid(original: np.ndarray, masked: np.ndarray, reconstruction: np.ndarray,
+def reconstruction_grid(original: np.ndarray, pixel_mask: np.ndarray, reconstruction: np.ndarray,
                         channel_names: Sequence[str], title: str = "") -> Figure:
-    """Rows: one jet and channel; columns: original / masked input / reconstruction.
+    """One row per jet; per channel three panels: original / masked input / reconstruction.
 
-    The three panels of a row share one colour scale, so brightness can be compared
-    directly. Arrays are (N, C, H, W) in preprocessed units.
+    The three panels of a jet and channel share one colour scale (the original's range), so
+    brightness compares directly; masked patches are drawn grey, so "hidden" and "empty" differ.
+    ``original`` and ``reconstruction`` are (N, C, H, W) in preprocessed units, ``pixel_mask``
+    (N, 1 or C, H, W) with 1 = masked.
     """
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.75")
+    hidden = np.broadcast_to(pixel_mask > 0.5, original.shape)
     n_jets, n_channels = original.shape[:2]
-    rows = n_jets * n_channels
-    fig, axes = plt.subplots(rows, 3, figsize=(6.6, 2.1 * rows), squeeze=False)
+    kinds = ("original", "masked", "reconstruction")
+    fig, axes = plt.subplots(n_jets, 3 * n_channels, figsize=(1.5 * 3 * n_channels, 1.6 * n_jets + 0.6),
+                             squeeze=False, layout="constrained")
     for jet in range(n_jets):
         for channel in range(n_channels):
-            row = jet * n_channels + channel
-            panels = (original[jet, channel], masked[jet, channel], reconstruction[jet, channel])
-            vmax = max(float(np.max(original[jet, channel])), 1e-6)
             vmin = float(np.min(original[jet, channel]))
-            for col, (panel, label) in enumerate(zip(panels, ("original", "masked", "reconstruction"))):
-                ax = axes[row, col]
-                image = ax.imshow(panel, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+            vmax = max(float(np.max(original[jet, channel])), vmin + 1e-6)
+            masked = np.ma.masked_array(original[jet, channel], mask=hidden[jet, channel])
+            panels = (original[jet, channel], masked, reconstruction[jet, channel])
+            for k, panel in enumerate(panels):
+                ax = axes[jet, 3 * channel + k]
+                ax.imshow(panel, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                if row == 0:
-                    ax.set_title(label, fontsize=9)
-                if col == 0:
-                    ax.set_ylabel(f"jet {jet}\n{channel_names[channel]}", fontsize=8)
-            fig.colorbar(image, ax=axes[row, :].tolist(), fraction=0.02, pad=0.01)
+                if jet == 0:
+                    ax.set_title(f"{channel_names[channel]}\n{kinds[k]}", fontsize=8)
+            if channel == 0:
+                axes[jet, 0].set_ylabel(f"jet {jet}", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

@@ -43,6 +43,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
 
     Returns the last epoch's metrics plus the final figures (and ``run_id``, ``encoder_uri``).
     """
+    config = tracking.resumed_config(config)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     data = prepare_data(config, progress=progress)
@@ -111,6 +112,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
         encoder_uri = _log_models(model, mae_config, preprocessor, data, config, run_id, grid_test)
         if config.register_as:
             mlflow.register_model(encoder_uri, config.register_as)
+        ckpt.unlink(missing_ok=True)  # the logged models replace it
     return {**metrics, **final, "run_id": run_id, "encoder_uri": encoder_uri}
 
 
@@ -142,8 +144,7 @@ def _log_grid(model: torch.nn.Module, images: torch.Tensor, channel_names: Any, 
     noise = torch.rand(len(images), model.encoder.num_patches,
                        generator=torch.Generator().manual_seed(EVAL_NOISE_SEED))
     reconstruction, pixel_mask = model.reconstruct(images.to(device), mask_ratio, noise=noise.to(device))
-    masked = images * (1 - pixel_mask.cpu())
-    fig = plots.reconstruction_grid(images.numpy(), masked.numpy(), reconstruction.cpu().numpy(),
+    fig = plots.reconstruction_grid(images.numpy(), pixel_mask.cpu().numpy(), reconstruction.cpu().numpy(),
                                     channel_names, title)
     tracking.log_figure(fig, artifact_file)
 
@@ -158,15 +159,18 @@ def _compression_figures(model: torch.nn.Module, data: RunData, indices: np.ndar
     c, h, w = data.info.image_shape
     figures = {"compression_ratio": (c * h * w) / model.encoder.embed_dim}
     generator = torch.Generator().manual_seed(EVAL_NOISE_SEED)
-    errors = []
+    abs_error = torch.zeros(c, dtype=torch.float64)
+    total = torch.zeros(c, dtype=torch.float64)
     for images, _ in iterate_batches(data.reader, indices, config.batch_size, shuffle=False,
                                      preprocessor=preprocessor):
         noise = torch.rand(len(images), model.encoder.num_patches, generator=generator)
         reconstruction, _ = model.reconstruct(images.to(device), config.mask_ratio, noise=noise.to(device))
-        true_sum = images.sum(dim=(2, 3))
-        recon_sum = reconstruction.cpu().sum(dim=(2, 3))
-        errors.append(((recon_sum - true_sum).abs() / true_sum.clamp_min(1e-6)).numpy())
-    per_channel = np.concatenate(errors).mean(axis=0)
+        true_sum = images.sum(dim=(2, 3)).double()
+        abs_error += (reconstruction.cpu().sum(dim=(2, 3)).double() - true_sum).abs().sum(dim=0)
+        total += true_sum.sum(dim=0)
+    # Energy-weighted: sum over jets of |reconstructed total - true total| / sum of true totals,
+    # so jets with an (almost) empty channel cannot blow the figure up.
+    per_channel = (abs_error / total.clamp_min(1e-12)).numpy()
     for name, value in zip(data.info.channel_names, per_channel):
         figures[f"recon_total_rel_error_{name}"] = float(value)
     figures["recon_total_rel_error"] = float(per_channel.mean())

@@ -12,13 +12,15 @@ import tempfile
 import warnings
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 # Artifact downloads print a progress bar per call; in a training log that is noise.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
+
+ConfigT = TypeVar("ConfigT")
 
 TRACKED_PACKAGES = ("mae-tracker", "torch", "timm", "numpy", "h5py", "mlflow", "optuna",
                     "scikit-learn", "pythia8mc", "fastjet")
@@ -92,6 +94,20 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def resumed_config(config: ConfigT) -> ConfigT:
+    """The interrupted run's own config (from its config.json), so ``--resume <run_id>`` alone
+    continues exactly the same experiment; only where checkpoints live may change."""
+    if not config.resume:
+        return config
+    configure_tracking()
+    try:
+        saved = mlflow.artifacts.load_dict(f"runs:/{config.resume}/config.json")
+    except Exception as err:  # MLflow raises several types for an unknown run
+        raise ValueError(f"cannot resume run {config.resume!r}: {str(err).splitlines()[0]}") from err
+    saved.update(resume=config.resume, checkpoint_dir=config.checkpoint_dir or saved.get("checkpoint_dir", ""))
+    return type(config).from_dict(saved)
 
 
 def log_params_once(params: dict[str, Any]) -> None:
