@@ -219,3 +219,13 @@ def test_config_json_round_trips(pretrained):
     logged = mlflow.artifacts.load_dict(f"runs:/{pretrained['run_id']}/config.json")
     assert PretrainConfig.from_dict(logged).to_dict() == logged
     assert json.loads(json.dumps(logged)) == logged
+
+
+def test_same_seed_same_numbers_downstream(jets_file):
+    first, second = (train_classifier(small_downstream("scratch", jets_file, epochs=2, variant="hybrid-nano"),
+                                      progress=False) for _ in range(2))
+    assert history(first["run_id"], "train_loss") == history(second["run_id"], "train_loss")
+    assert first["test_auc"] == second["test_auc"]
+    other = train_classifier(small_downstream("scratch", jets_file, epochs=2, variant="hybrid-nano", seed=4),
+                             progress=False)
+    assert history(other["run_id"], "train_loss") != history(first["run_id"], "train_loss")
