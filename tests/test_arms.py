@@ -17,6 +17,7 @@ from mae_tracker.train.downstream import train_classifier
 from mae_tracker.train.pretrain import pretrain
 
 EPOCHS = 3
+REGISTERED = "test-arms-encoder"
 # Bigger train split than the default so that a few CPU seconds give a real classifier.
 SMALL = dict(batch_size=32, pretrain_fraction=0.4, train_fraction=0.4, val_fraction=0.1,
              test_fraction=0.1, seed=3, log_every_steps=5, experiment="test-arms")
@@ -46,8 +47,7 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 @pytest.fixture(scope="module")
 def pretrained(jets_file):
-    result = pretrain(small_pretrain(jets_file), progress=False)
-    return result
+    return pretrain(small_pretrain(jets_file, register_as=REGISTERED), progress=False)
 
 
 def test_pretrain_reduces_reconstruction_loss(pretrained):
@@ -65,7 +65,7 @@ def test_pretrain_run_holds_params_provenance_images_and_models(pretrained, jets
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    config = small_pretrain(jets_file).to_dict()
+    config = small_pretrain(jets_file, register_as=REGISTERED).to_dict()
     for key, value in config.items():
         assert params[key] == str(value), key
     assert int(params["split_pretrain"]) == 400 and int(params["split_test"]) == 100
@@ -148,10 +148,11 @@ def test_label_fraction_subsamples_labelled_jets(pretrained, jets_file):
 
 
 def test_registered_encoder_alias_feeds_finetune(pretrained, jets_file):
-    name = "test-arms-encoder"
-    version = mlflow.register_model(pretrained["encoder_uri"], name)
-    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version.version)
-    result = train_classifier(small_downstream("finetune", jets_file, encoder_uri=f"models:/{name}@champion",
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name = '{REGISTERED}'")  # registered by pretrain itself
+    assert [v.run_id for v in versions] == [pretrained["run_id"]]
+    client.set_registered_model_alias(REGISTERED, "champion", versions[0].version)
+    result = train_classifier(small_downstream("finetune", jets_file, encoder_uri=f"models:/{REGISTERED}@champion",
                                                epochs=1), progress=False)
     assert mlflow.get_run(result["run_id"]).data.tags["pretrain_run_id"] == pretrained["run_id"]
 

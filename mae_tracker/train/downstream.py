@@ -28,11 +28,8 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
                      progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one downstream arm; returns final metrics plus ``run_id``."""
     config = tracking.resumed_config(config)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
     data = prepare_data(config, progress=progress)
-    device = loop.select_device(config.device)
-    loop.seed_everything(config.seed)
+    device = loop.start(config)
     train_indices = subsample(data.splits["train"], config.label_fraction, config.seed)
     if len(train_indices) < config.batch_size:
         raise ValueError(f"labelled train split has {len(train_indices)} jets, fewer than one batch "

@@ -38,6 +38,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def start(config: Any) -> torch.device:
+    """Per-process settings every arm applies before it builds anything: CPU threads,
+    seeds (same seed, same data -> same numbers on CPU) and the device."""
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    seed_everything(config.seed)
+    return select_device(config.device)
+
+
 def make_optimizer(params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))

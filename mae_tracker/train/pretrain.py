@@ -44,11 +44,8 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
     Returns the last epoch's metrics plus the final figures (and ``run_id``, ``encoder_uri``).
     """
     config = tracking.resumed_config(config)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
     data = prepare_data(config, progress=progress)
-    device = loop.select_device(config.device)
-    loop.seed_everything(config.seed)
+    device = loop.start(config)
     train_indices = data.splits["pretrain"]
     if config.max_jets:
         train_indices = train_indices[:config.max_jets]
