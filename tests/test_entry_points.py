@@ -19,7 +19,7 @@ from mae_tracker.cli import main
 from mae_tracker.train.config import ARM_DEFAULTS, DownstreamConfig, PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_PARAMS = {"experiment", "run_name", "resume", "checkpoint_dir", "arm"}
+NOT_PARAMS = {"experiment", "run_name", "resume", "checkpoint_dir", "arm"}  # see scripts/write_mlproject.py
 
 
 def test_mlproject_mirrors_the_configs():
