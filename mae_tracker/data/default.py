@@ -11,15 +11,10 @@ import os
 from pathlib import Path
 
 from mae_tracker.data.generate import GeneratorConfig, generate_file
+from mae_tracker.paths import cache_dir
 
 # 10k jets (MPI on, CPU-friendly 32x32 preset): about 4 minutes once on 2 cores.
 DEFAULT_GENERATOR = GeneratorConfig(n_jets=10_000, seed=1, preset="cpu")
-
-
-def cache_dir() -> Path:
-    """``$MAE_TRACKER_CACHE`` or ``~/.cache/mae-tracker``."""
-    root = os.environ.get("MAE_TRACKER_CACHE") or Path.home() / ".cache" / "mae-tracker"
-    return Path(root)
 
 
 def default_dataset_path(config: GeneratorConfig = DEFAULT_GENERATOR) -> Path:

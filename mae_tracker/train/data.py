@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mae_tracker.data.jetfile import JetFileInfo, JetImageReader, file_digest, make_splits, open_jet_file
+from mae_tracker.paths import cache_dir
 from mae_tracker.train.config import CommonConfig
 
 
@@ -36,11 +37,28 @@ def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
         from mae_tracker.data.default import default_dataset
 
         path = default_dataset(progress=progress)
-    info = open_jet_file(path)
+    info = open_jet_file(path, check_values=False)  # structure and labels: cheap
+    digest = file_digest(path)
+    _check_values_once(path, digest, progress)
     fractions = {"pretrain": config.pretrain_fraction, "train": config.train_fraction,
                  "val": config.val_fraction, "test": config.test_fraction}
     splits = make_splits(info.n_jets, fractions, seed=config.split_seed)
-    return RunData(path=path, info=info, reader=JetImageReader(info), splits=splits, digest=file_digest(path))
+    return RunData(path=path, info=info, reader=JetImageReader(info), splits=splits, digest=digest)
+
+
+def _check_values_once(path: Path, digest: str, progress: bool) -> None:
+    """Scan every pixel for NaN/inf once per file content, before any run is opened.
+
+    Decompressing a large file takes minutes while its sha256 takes seconds, so a marker
+    named by the digest records files already scanned. Batches are checked as they are
+    read anyway; this makes a bad file fail before a run exists, not mid-training.
+    """
+    marker = cache_dir() / "validated" / digest
+    if marker.exists():
+        return
+    open_jet_file(path, check_values=True, progress=progress)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
 
 
 def subsample(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:

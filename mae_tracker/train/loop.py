@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mae_tracker.data.jetfile import iterate_batches
+from mae_tracker.paths import cache_dir
 
 
 
@@ -66,10 +67,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 
 
 def checkpoint_path(checkpoint_dir: str, run_id: str) -> Path:
-    if checkpoint_dir:
-        root = Path(checkpoint_dir)
-    else:
-        root = Path(os.environ.get("MAE_TRACKER_CACHE") or Path.home() / ".cache" / "mae-tracker") / "checkpoints"
+    root = Path(checkpoint_dir) if checkpoint_dir else cache_dir() / "checkpoints"
     return root / run_id / "checkpoint.pt"
 
 
