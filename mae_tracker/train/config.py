@@ -79,6 +79,8 @@ class DownstreamConfig(CommonConfig):
         "help": "Pretrained encoder: runs:/<id>/encoder or models:/<name>@<alias> (scratch: optional, "
                 "only its architecture is used)."})
     label_fraction: float = field(default=1.0, metadata={"help": "Fraction of the labelled train split used."})
+    layer_decay: float = field(default=1.0, metadata={
+        "help": "Layer-wise lr decay: block i of D trains at lr * layer_decay ** (D + 1 - i); 1 = off."})
     pool: str = field(default="mean", metadata={"help": "Token pooling for the head: 'mean' or 'cls'."})
     dropout: float = 0.0
 

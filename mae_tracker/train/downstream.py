@@ -12,7 +12,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.preprocess import Preprocessor
@@ -44,11 +44,11 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
         ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
         model = JetClassifier(encoder, linear_probe=config.arm == "probe", pool=config.pool,
                               dropout=config.dropout).to(device)
-        optimizer = loop.make_optimizer(model.parameters(), config.lr, config.weight_decay)
+        optimizer = loop.make_optimizer(model, config.lr, config.weight_decay, config.layer_decay)
         steps_per_epoch = len(train_indices) // config.batch_size
         scheduler = loop.warmup_cosine(optimizer, int(config.warmup_epochs * steps_per_epoch),
                                        config.epochs * steps_per_epoch)
-        best = {"val_auc": -1.0, "epoch": -1, "state": None}
+        best = {"val_loss": float("inf"), "epoch": -1, "state": None}
         start_epoch = 0
         if config.resume:
             state = loop.load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -74,8 +74,10 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             labels, scores = predict(model, data, data.splits["val"], preprocessor, config.batch_size, device)
             metrics.update(_scores("val", labels, scores))
             mlflow.log_metrics(metrics, step=epoch)
-            if metrics["val_auc"] > best["val_auc"]:  # model selection on validation only
-                best = {"val_auc": metrics["val_auc"], "epoch": epoch,
+            # Model selection on validation only, by log-loss: AUC alone can pick an early epoch
+            # whose ranking is fine but whose scores all sit on one side of 0.5.
+            if metrics["val_loss"] < best["val_loss"]:
+                best = {"val_loss": metrics["val_loss"], "epoch": epoch,
                         "state": copy.deepcopy(model.state_dict())}
             loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                                  extra={"best": best})
@@ -84,7 +86,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
 
         model.load_state_dict(best["state"])
         labels, scores = predict(model, data, data.splits["test"], preprocessor, config.batch_size, device)
-        final = {**_scores("test", labels, scores), "best_epoch": best["epoch"], "best_val_auc": best["val_auc"]}
+        final = {**_scores("test", labels, scores), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"]}
         mlflow.log_metrics(final)
         title = f"{config.arm}: test ROC AUC {final['test_auc']:.4f}"
         tracking.log_figure(plots.roc_figure(labels, scores, title), "roc_curve.png")
@@ -136,4 +138,5 @@ def predict(model: JetClassifier, data: RunData, indices: np.ndarray, preprocess
 
 def _scores(prefix: str, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     return {f"{prefix}_auc": float(roc_auc_score(labels, scores)),
-            f"{prefix}_acc": float(accuracy_score(labels, scores > 0.5))}
+            f"{prefix}_acc": float(accuracy_score(labels, scores > 0.5)),
+            f"{prefix}_loss": float(log_loss(labels, scores, labels=[0, 1]))}

@@ -48,9 +48,34 @@ def start(config: Any) -> torch.device:
     return select_device(config.device)
 
 
-def make_optimizer(params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0
+                   ) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, the MAE way: no weight decay on biases, norms and
+    tokens (1-d tensors); with ``layer_decay`` < 1, transformer block i of depth D learns at
+    lr * layer_decay ** (D + 1 - i), so pretrained early layers move least and the head most."""
+    depth = len(getattr(getattr(model, "encoder", model), "blocks", ()))
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = _layer_id(name, depth)
+        decay = param.ndim > 1 and not name.endswith(("cls_token", "pos_embed", "mask_token"))
+        group = groups.setdefault((layer, decay), {
+            "params": [], "weight_decay": weight_decay if decay else 0.0,
+            "lr": lr * layer_decay ** (depth + 1 - layer)})
+        group["params"].append(param)
+    return torch.optim.AdamW(list(groups.values()), lr=lr, betas=(0.9, 0.95))
+
+
+def _layer_id(name: str, depth: int) -> int:
+    """0 for everything before the transformer (patch embedding, conv stages, cls token),
+    i + 1 for block i, depth + 1 for the final norm and the head."""
+    parts = name.split(".")
+    if parts[0] == "head" or parts[:2] == ["encoder", "norm"]:
+        return depth + 1
+    if parts[:2] == ["encoder", "blocks"]:
+        return int(parts[2]) + 1
+    return 0
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int

@@ -61,7 +61,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
         mae_config = MAEConfig(encoder=build_encoder_config(config, data), norm_pix_loss=config.norm_pix_loss,
                                **_decoder_settings(config))
         model = build_mae(mae_config).to(device)
-        optimizer = loop.make_optimizer(model.parameters(), config.lr, config.weight_decay)
+        optimizer = loop.make_optimizer(model, config.lr, config.weight_decay)
         steps_per_epoch = len(train_indices) // config.batch_size
         scheduler = loop.warmup_cosine(optimizer, int(config.warmup_epochs * steps_per_epoch),
                                        config.epochs * steps_per_epoch)

@@ -1,0 +1,85 @@
+"""The shared training pieces: optimiser groups, schedule, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mae_tracker.models.classifier import JetClassifier
+from mae_tracker.models.registry import build_encoder, encoder_config
+from mae_tracker.train import loop
+
+
+def classifier(linear_probe: bool = False) -> JetClassifier:
+    return JetClassifier(build_encoder(encoder_config("vit-nano", img_size=16, in_chans=3)),
+                         linear_probe=linear_probe)
+
+
+def settings_of(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, tuple[float, float]]:
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    return {name: by_param[id(p)] for name, p in model.named_parameters() if id(p) in by_param}
+
+
+def test_layer_decay_scales_lr_by_depth_and_skips_decay_on_1d_params():
+    model = classifier()
+    settings = settings_of(loop.make_optimizer(model, lr=1.0, weight_decay=0.05, layer_decay=0.5), model)
+    assert len(settings) == len(list(model.parameters()))
+    depth = len(model.encoder.blocks)  # 4: the head and final norm at layer 5
+    assert settings["head.2.weight"] == (1.0, 0.05)
+    assert settings["head.2.bias"] == (1.0, 0.0)
+    assert settings["encoder.norm.weight"] == (1.0, 0.0)
+    assert settings["encoder.blocks.3.attn.qkv.weight"] == (0.5, 0.05)
+    assert settings["encoder.blocks.0.attn.qkv.weight"] == (0.5 ** depth, 0.05)
+    assert settings["encoder.patch_embed.proj.weight"] == (0.5 ** (depth + 1), 0.05)
+    assert settings["encoder.cls_token"] == (0.5 ** (depth + 1), 0.0)
+
+
+def test_without_layer_decay_every_group_has_the_base_lr_and_probe_trains_the_head_only():
+    model = classifier()
+    assert {lr for lr, _ in settings_of(loop.make_optimizer(model, 3e-3, 0.05), model).values()} == {3e-3}
+    probe = classifier(linear_probe=True)
+    assert set(settings_of(loop.make_optimizer(probe, 3e-3, 0.0), probe)) == {"head.2.weight", "head.2.bias"}
+
+
+def test_warmup_then_cosine_to_zero():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    scheduler = loop.warmup_cosine(optimizer, warmup_steps=4, total_steps=12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:4] == pytest.approx([0.5, 1.0, 1.5, 2.0])
+    assert lrs[8] == pytest.approx(1.0 + math.cos(math.pi * 4 / 8))  # halfway down the cosine
+    assert lrs == sorted(lrs[:4]) + sorted(lrs[4:], reverse=True)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+def test_checkpoint_round_trip_restores_weights_optimiser_and_rng(tmp_path):
+    model = classifier()
+    optimizer = loop.make_optimizer(model, 1e-3, 0.05)
+    scheduler = loop.warmup_cosine(optimizer, 2, 10)
+    model(torch.rand(4, 3, 16, 16)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    path = tmp_path / "run" / "checkpoint.pt"
+    loop.save_checkpoint(path, epoch=3, model=model, optimizer=optimizer, scheduler=scheduler, extra={"k": 1})
+    expected_draw = torch.rand(3)
+
+    fresh = classifier()
+    fresh_optimizer = loop.make_optimizer(fresh, 1e-3, 0.05)
+    fresh_scheduler = loop.warmup_cosine(fresh_optimizer, 2, 10)
+    state = loop.load_checkpoint(path, model=fresh, optimizer=fresh_optimizer, scheduler=fresh_scheduler)
+    assert state["epoch"] == 3 and state["extra"] == {"k": 1}
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    assert fresh_scheduler.last_epoch == 1
+    assert torch.equal(torch.rand(3), expected_draw), "the RNG continues where the checkpoint left it"
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_non_finite_loss_stops_training():
+    with pytest.raises(loop.TrainingFailed, match="epoch 2, step 7"):
+        loop.check_finite(torch.tensor(float("nan")), epoch=2, step=7)
+    loop.check_finite(torch.tensor(0.5), epoch=0, step=0)
