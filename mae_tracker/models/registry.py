@@ -135,11 +135,16 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown EncoderConfig keys {unknown}; valid: {sorted(names)}")
+        _check_keys(cls, d)
         return cls(**d)
+
+
+def _check_keys(cls: type, d: dict[str, Any]) -> None:
+    """A config saved by another version must fail loudly, not build a different model."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid: {sorted(names)}")
 
 
 @dataclass
@@ -172,10 +177,7 @@ class MAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MAEConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown MAEConfig keys {unknown}; valid: {sorted(names)}")
+        _check_keys(cls, d)
         d = dict(d)
         d["encoder"] = EncoderConfig.from_dict(d["encoder"])
         return cls(**d)
