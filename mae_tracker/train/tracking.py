@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 import warnings
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -156,8 +157,6 @@ class MetricBuffer:
         self._metrics: list[Metric] = []
 
     def add(self, key: str, value: float, step: int) -> None:
-        import time
-
         self._metrics.append(Metric(key, float(value), int(time.time() * 1000), step))
 
     def flush(self) -> None:
@@ -186,8 +185,6 @@ def log_torch_model(model: Any, name: str, input_example: Any, metadata: dict[st
     model.eval()
     with torch.no_grad():
         output = model(torch.from_numpy(input_example).to(next(model.parameters()).device))
-    if isinstance(output, tuple):
-        output = output[0]
     signature = infer_signature(input_example, output.detach().cpu().numpy())
     model.cpu()
     # Pickle is deliberate (pt2 cannot be trained further); MLflow warns about it on every call.
