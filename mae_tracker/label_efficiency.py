@@ -1,0 +1,230 @@
+"""Label efficiency: test AUC of finetune / probe / scratch against the number of labelled jets.
+
+One parent run; one child run per (arm, labelled fraction, seed), nested under it. Rerunning
+with the parent's id skips the children that finished and reruns the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import mlflow
+
+from mae_tracker.report import collect, figures
+from mae_tracker.train import tracking
+from mae_tracker.train.config import DownstreamConfig
+
+DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_ARMS = ("finetune", "probe", "scratch")
+KIND = "label-efficiency"
+# Set by the study itself; everything else in DownstreamConfig may be overridden.
+RESERVED = ("arm", "encoder_uri", "label_fraction", "seed", "resume", "run_name", "experiment")
+# Taken from the encoder's pretrain run unless overridden: the downstream arms must use the
+# split pretraining used, or the test jets could be jets the encoder was pretrained on.
+SPLIT_FIELDS = {"data": str, "split_seed": int, "pretrain_fraction": float, "train_fraction": float,
+                "val_fraction": float, "test_fraction": float}
+
+
+def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | None = None,
+                         seeds: Sequence[int] | None = None, arms: Sequence[str] | None = None,
+                         overrides: dict[str, Any] | None = None, experiment: str = "mae-tracker",
+                         resume: str = "", progress: bool = True) -> dict[str, Any]:
+    """Run every (arm, fraction, seed) from one encoder as child runs of one parent run.
+
+    ``encoder_uri``: ``runs:/<id>/encoder`` or ``models:/<name>@<alias>``; scratch gets it too
+    and borrows only its architecture and preprocessing. ``fractions`` of the labelled train
+    split (default 1 %, 10 %, 100 %), ``seeds`` (default 0, 1, 2), ``arms`` (default all three),
+    ``overrides``: any other DownstreamConfig field (epochs, batch_size, lr, ...); the data file
+    and split default to those of the encoder's pretrain run. ``resume``: the parent run id of
+    an earlier call; its stored encoder, fractions, seeds, arms and overrides are used (giving
+    different ones is an error), finished children are kept and the others rerun.
+
+    Raises ValueError before any run starts if a fraction leaves fewer labelled jets than one
+    batch. Children that fail are reported and the others go on; the parent then ends FAILED
+    and a RuntimeError names them (rerun with ``resume``). Returns ``run_id`` (the parent),
+    ``table`` (pandas: arm, label_fraction, labelled_jets, seed, test_auc, test_acc, run_id),
+    ``trained`` and ``skipped`` (child counts of this call).
+    """
+    tracking.configure_tracking()
+    client = mlflow.MlflowClient()
+    requested = {"encoder_uri": encoder_uri or None, "fractions": _floats(fractions), "seeds": _ints(seeds),
+                 "arms": list(arms) if arms is not None else None, "overrides": overrides}
+    plan = _stored_plan(client, resume, requested) if resume else {
+        "encoder_uri": encoder_uri, "fractions": requested["fractions"] or list(DEFAULT_FRACTIONS),
+        "seeds": requested["seeds"] or list(DEFAULT_SEEDS), "arms": requested["arms"] or list(DEFAULT_ARMS),
+        "overrides": dict(overrides or {})}
+    if not plan["encoder_uri"]:
+        raise ValueError("label efficiency needs an encoder_uri (runs:/<run_id>/encoder or models:/<name>@<alias>)")
+    bad = sorted(set(plan["overrides"]) & set(RESERVED))
+    if bad:
+        raise ValueError(f"overrides may not set {bad}: the study sets them per child run")
+    settings, pretrain_run_id = _with_pretrain_split(client, plan["encoder_uri"], plan["overrides"])
+    configs = {(arm, fraction, seed): DownstreamConfig.for_arm(
+                   arm, encoder_uri=plan["encoder_uri"], label_fraction=fraction, seed=seed, experiment=experiment,
+                   run_name=f"{arm}-f{fraction:g}-s{seed}", **settings)
+               for fraction in plan["fractions"] for arm in plan["arms"] for seed in plan["seeds"]}
+    jets = _check_label_counts(next(iter(configs.values())), plan["fractions"], plan["seeds"], progress)
+
+    parent = _start_parent(client, resume, experiment, plan, pretrain_run_id)
+    parent_id = parent.info.run_id
+    done = _finished_children(client, parent.info.experiment_id, parent_id)
+    trained, skipped, failures = 0, 0, []
+    try:
+        for n, (key, config) in enumerate(configs.items(), 1):
+            arm, fraction, seed = key
+            label = f"[{n}/{len(configs)}] {arm:8s} fraction {fraction:g} ({jets[(fraction, seed)]} jets) seed {seed}"
+            if key in done:
+                skipped += 1
+                _say(progress, f"{label}: finished earlier (run {done[key][:8]}), skipped")
+                continue
+            started = time.perf_counter()
+            try:
+                result = _train(config)
+            except Exception as err:  # the child is FAILED in MLflow; the study goes on
+                failures.append(f"{arm} fraction {fraction:g} seed {seed}: {type(err).__name__}: {err}")
+                _say(progress, f"{label}: FAILED ({type(err).__name__}: {err})")
+                continue
+            trained += 1
+            _say(progress, f"{label}: test AUC {result['test_auc']:.4f} acc {result['test_acc']:.4f} "
+                           f"(run {result['run_id'][:8]}, {time.perf_counter() - started:.0f} s)")
+        table = _log_results(client, parent_id)
+    except KeyboardInterrupt:
+        mlflow.set_tag("end_reason", f"interrupted (Ctrl-C); resume with resume={parent_id}")
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException as err:
+        mlflow.set_tag("end_reason", f"{type(err).__name__}: {err}"[:4000])
+        mlflow.end_run(status="FAILED")
+        raise
+    if failures:
+        mlflow.set_tag("end_reason", f"{len(failures)} child runs failed; resume with resume={parent_id}")
+        mlflow.end_run(status="FAILED")
+        raise RuntimeError(f"{len(failures)} of {len(configs)} label-efficiency runs failed (rerun with "
+                           f"resume={parent_id} to retry them):\n  " + "\n  ".join(failures))
+    mlflow.end_run(status="FINISHED")
+    _say(progress, f"label efficiency: parent run {parent_id}, {trained} trained, {skipped} kept from before")
+    return {"run_id": parent_id, "table": table, "trained": trained, "skipped": skipped}
+
+
+def _train(config: DownstreamConfig) -> dict[str, Any]:
+    from mae_tracker.train.downstream import train_classifier  # torch import only when training
+
+    return train_classifier(config, progress=False)
+
+
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        print(line, flush=True)
+
+
+def _floats(values: Sequence[float] | None) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
+
+
+def _ints(values: Sequence[int] | None) -> list[int] | None:
+    return None if values is None else [int(v) for v in values]
+
+
+def _stored_plan(client: mlflow.MlflowClient, parent_id: str, requested: dict[str, Any]) -> dict[str, Any]:
+    """The resumed parent's own plan; anything the caller gave must agree with it."""
+    try:
+        parent = client.get_run(parent_id)
+    except Exception as err:
+        raise ValueError(f"cannot resume label-efficiency run {parent_id!r}: {str(err).splitlines()[0]}") from err
+    if parent.data.tags.get("kind") != KIND:
+        raise ValueError(f"run {parent_id} is not a label-efficiency parent run (no tag kind={KIND})")
+    params = parent.data.params
+    plan = {"encoder_uri": params["encoder_uri"], "fractions": json.loads(params["fractions"]),
+            "seeds": json.loads(params["seeds"]), "arms": json.loads(params["arms"]),
+            "overrides": json.loads(params["overrides"])}
+    for key, value in requested.items():
+        if value is not None and value != plan[key]:
+            raise ValueError(f"run {parent_id} was started with {key}={plan[key]!r}, not {value!r}; "
+                             "start a new study to change it")
+    return plan
+
+
+def _with_pretrain_split(client: mlflow.MlflowClient, encoder_uri: str, overrides: dict[str, Any]
+                         ) -> tuple[dict[str, Any], str]:
+    """``overrides`` plus the data file and split of the encoder's pretrain run (where not overridden)."""
+    try:
+        metadata = mlflow.models.get_model_info(encoder_uri).metadata or {}
+    except Exception as err:
+        raise ValueError(f"cannot load encoder {encoder_uri!r}: {str(err).splitlines()[0]}") from err
+    pretrain_run_id = str(metadata.get("pretrain_run_id", ""))
+    settings = dict(overrides)
+    try:
+        params = client.get_run(pretrain_run_id).data.params if pretrain_run_id else {}
+    except Exception:  # e.g. a registered model from another store: fall back to the config defaults
+        params = {}
+    for name, kind in SPLIT_FIELDS.items():
+        if name not in settings and name in params:
+            settings[name] = kind(params[name])
+    return settings, pretrain_run_id
+
+
+def _check_label_counts(config: DownstreamConfig, fractions: Sequence[float], seeds: Sequence[int],
+                        progress: bool) -> dict[tuple[float, int], int]:
+    """Labelled jets per (fraction, seed), exactly as train_classifier will subsample them;
+    a fraction below one batch fails here, before any run exists."""
+    from mae_tracker.train.data import prepare_data, subsample
+
+    train = prepare_data(config, progress=progress).splits["train"]
+    jets = {(f, s): len(subsample(train, f, s)) for f in fractions for s in seeds}
+    small = sorted({f for (f, _), n in jets.items() if n < config.batch_size})
+    if small:
+        fewest = min(jets.values())
+        raise ValueError(
+            f"label fraction {small[0]:g} gives {fewest} labelled jets (train split: {len(train)}), fewer "
+            f"than one batch of {config.batch_size}: use a batch_size of at most {fewest} "
+            f"(overrides={{'batch_size': {fewest}}}) or fractions of at least "
+            f"{config.batch_size / len(train):.3g}")
+    return jets
+
+
+def _start_parent(client: mlflow.MlflowClient, resume: str, experiment: str, plan: dict[str, Any],
+                  pretrain_run_id: str) -> mlflow.ActiveRun:
+    if resume:
+        return mlflow.start_run(run_id=resume)
+    experiment_id = tracking.ensure_experiment(experiment)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=f"label-efficiency-{time.strftime('%Y%m%d-%H%M%S')}",
+                           tags={"kind": KIND, "encoder_uri": plan["encoder_uri"],
+                                 "pretrain_run_id": pretrain_run_id})
+    mlflow.log_params({"encoder_uri": plan["encoder_uri"], "fractions": json.dumps(plan["fractions"]),
+                       "seeds": json.dumps(plan["seeds"]), "arms": json.dumps(plan["arms"]),
+                       "overrides": json.dumps(plan["overrides"], sort_keys=True)})
+    return run
+
+
+def _finished_children(client: mlflow.MlflowClient, experiment_id: str, parent_id: str
+                       ) -> dict[tuple[str, float, int], str]:
+    """(arm, fraction, seed) -> run id of FINISHED children. Children left RUNNING by a dead
+    process are marked KILLED, so that no run pretends to be in progress."""
+    done: dict[tuple[str, float, int], str] = {}
+    for run in collect._children(client, experiment_id, parent_id):
+        params = run.data.params
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "end_reason", "left running by an interrupted study; rerun on resume")
+            client.set_terminated(run.info.run_id, "KILLED")
+        elif run.info.status == "FINISHED" and "label_fraction" in params and "seed" in params:
+            done[(run.data.tags.get("arm", ""), float(params["label_fraction"]), int(params["seed"]))] = run.info.run_id
+    return done
+
+
+def _log_results(client: mlflow.MlflowClient, parent_id: str) -> Any:
+    """The parent's CSV and curve, from its finished children as stored in MLflow."""
+    table = collect.label_efficiency_frame(client, parent_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / "label_efficiency.csv"
+        table.to_csv(csv, index=False)
+        mlflow.log_artifact(str(csv))
+        if not table.empty:
+            figure = Path(tmp) / "label_efficiency.png"
+            figures.save(figures.label_efficiency_figure(table), str(figure))
+            mlflow.log_artifact(str(figure))
+    return table
