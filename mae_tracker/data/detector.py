@@ -171,6 +171,30 @@ def particles_to_image(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, pid: np
     Pythia's particle table. Pass a seeded ``rng`` for reproducible images (tracking
     inefficiency, smearing and noise are random); ``None`` uses fresh OS entropy.
     """
+    return detector_image(pt, eta, phi, pid, jet_eta=jet_eta, jet_phi=jet_phi, detector=detector,
+                          rng=rng, charge=charge)[0]
+
+
+@dataclass
+class WindowParticles:
+    """Which input particles the image used, for extra channels built on the same tracks.
+
+    ``inside`` (bool, one per input particle) selects the particles in the window; ``row``,
+    ``col`` and ``tracked`` (bool: reconstructed as a track, same random draw as the
+    ``Tracks`` channel) are per selected particle.
+    """
+
+    inside: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    tracked: np.ndarray
+
+
+def detector_image(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, pid: np.ndarray, *,
+                   jet_eta: float, jet_phi: float, detector: DetectorSpec | str = DEFAULT_PRESET,
+                   rng: np.random.Generator | None = None,
+                   charge: np.ndarray | None = None) -> tuple[np.ndarray, WindowParticles]:
+    """:func:`particles_to_image` plus the particles it used (same random draws, same image)."""
     spec = get_detector(detector)
     rng = np.random.default_rng() if rng is None else rng
     pt = np.asarray(pt, dtype=np.float64).ravel()
@@ -222,4 +246,4 @@ def particles_to_image(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, pid: np
     image[..., 0] = tracks.reshape(height, width)
     image[..., 1] = ecal.reshape(height, width)
     image[..., 2] = hcal
-    return image
+    return image, WindowParticles(inside=inside, row=row, col=col, tracked=tracked)

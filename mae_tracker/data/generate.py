@@ -143,18 +143,20 @@ def _ignore_sigint() -> None:
 class _ShardRunner:
     """Runs shards in-process (workers=1) or in a pool of spawned worker processes."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, fn: Any = None) -> None:
         self.workers = max(1, int(workers))
+        self.fn = fn  # a picklable module-level function of one task; None: run_shard (looked up per call)
         self._pool: Any = None
 
-    def run(self, tasks: list[ShardTask]) -> Iterator[ShardJets]:
+    def run(self, tasks: list[Any]) -> Iterator[Any]:
+        fn = run_shard if self.fn is None else self.fn
         if self.workers == 1 or len(tasks) == 1:
-            yield from map(run_shard, tasks)
+            yield from map(fn, tasks)
             return
         if self._pool is None:  # one pool for all rounds; each worker builds its own Pythia
             self._pool = multiprocessing.get_context("spawn").Pool(min(self.workers, len(tasks)),
                                                                  initializer=_ignore_sigint)
-        yield from self._pool.imap_unordered(run_shard, tasks)
+        yield from self._pool.imap_unordered(fn, tasks)
 
     def __enter__(self) -> "_ShardRunner":
         return self
@@ -354,6 +356,9 @@ def _file_attrs(config: GeneratorConfig, details: dict[str, Any]) -> dict[str, A
     return {
         "schema": SCHEMA,
         "creator": "mae-tracker",
+        "task": "quark-gluon",
+        "class_names": ["quark", "gluon"],  # [label 1, label 0]
+        "patch_size": 5 if config.preset == "e2e" else 4,
         "channel_names": list(CHANNELS),
         "channel_units": json.dumps(CHANNEL_UNITS),
         "label_convention": LABEL_CONVENTION,

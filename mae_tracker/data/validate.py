@@ -49,6 +49,20 @@ class JetFileInfo:
         """(C, H, W): the shape models see, whatever the layout on disk."""
         return (self.channels, self.height, self.width)
 
+    @property
+    def class_names(self) -> tuple[str, str]:
+        """(name of label 1, name of label 0), e.g. ("top", "QCD"); quark/gluon for old files."""
+        from mae_tracker.data.tasks import class_names
+
+        return class_names(self)
+
+    @property
+    def task(self) -> str:
+        """"quark-gluon", "top-qcd" or "electron-photon" (from the attributes or the image key)."""
+        from mae_tracker.data.tasks import task_name
+
+        return task_name(self)
+
 
 @contextmanager
 def h5_errors(path: Path, what: str) -> Iterator[None]:
