@@ -1,0 +1,50 @@
+"""`python -m mae_tracker.sweep CONFIG.yaml` (also mounted as `mae-tracker sweep`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command(name="sweep")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--storage", default=None, metavar="URL",
+              help="Optuna storage (any SQLAlchemy URL). Default: $MAE_TRACKER_OPTUNA_STORAGE, "
+                   "else optuna.db beside the MLflow store.")
+@click.option("--study-name", default=None, help="Study name; default: the YAML's `name` (or its file name).")
+@click.option("--n-trials", type=int, default=None,
+              help="Finished (complete + pruned) trials to reach; default: the YAML's n_trials.")
+@click.option("--n-workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on the same study, each with cores // N torch threads.")
+@click.option("--worker", is_flag=True,
+              help="Only run trials of a sweep already started (another machine joining the study).")
+@click.option("--data", default=None, help="Jet-image HDF5 file for every trial (overrides the YAML).")
+@click.option("--progress/--no-progress", default=None,
+              help="Per-epoch progress bars of the arms; default: on in a terminal with one worker. "
+                   "One line per finished trial is always printed.")
+@click.option("--worker-index", type=int, default=0, hidden=True)
+@click.option("--threads", "num_threads", type=int, default=0, hidden=True)
+def main(config: Path, **options: object) -> None:
+    """Run or continue the Optuna sweep described by CONFIG (a sweeps/*.yaml file).
+
+    Rerunning the same command continues the study to its number of trials.
+    """
+    from mae_tracker.data.errors import DataError
+    from mae_tracker.sweep.runner import run_sweep
+
+    if options["progress"] is None:  # bars of several workers would overwrite each other
+        options["progress"] = sys.stderr.isatty() and options["n_workers"] == 1
+    try:
+        run_sweep(config, **options)
+    except (ValueError, FileNotFoundError, DataError) as err:  # SweepSpecError is a ValueError
+        if os.environ.get("MAE_TRACKER_DEBUG"):
+            raise
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(2 if isinstance(err, DataError) else 1)
+
+
+if __name__ == "__main__":
+    main()

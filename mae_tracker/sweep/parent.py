@@ -1,0 +1,110 @@
+"""The sweep's MLflow parent run: one per study, found again when the sweep is rerun."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+import optuna
+
+from mae_tracker.sweep.spec import ParamSpec, SweepSpec
+from mae_tracker.sweep.storage import mask_password
+from mae_tracker.train import tracking
+
+PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: how workers (any machine) find the parent
+STUDY_TAG = "sweep_study"
+
+
+def find_parent(study: optuna.Study) -> str:
+    """The parent run id recorded in the study (worker mode)."""
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if not run_id:
+        raise ValueError(f"study {study.study_name!r} has no MLflow parent run; start the sweep without --worker")
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError(f"the sweep's parent run {run_id} is not in the MLflow store {mlflow.get_tracking_uri()}; "
+                         "point MLFLOW_TRACKING_URI at the store the sweep was started with") from None
+    return run_id
+
+
+def open_parent(study: optuna.Study, spec: SweepSpec, storage_url: str) -> str:
+    """Reuse the study's parent run (rerun = resume) or create it; mark it RUNNING."""
+    client = mlflow.MlflowClient()
+    experiment_id = tracking.ensure_experiment(spec.experiment)
+    run_id = _existing(client, study, spec, experiment_id)
+    masked = mask_password(storage_url)
+    if run_id is None:
+        run = client.create_run(experiment_id, run_name=spec.name,
+                                tags={STUDY_TAG: spec.name, "sweep_storage": masked, "arm": "sweep"})
+        run_id = run.info.run_id
+        study.set_user_attr(PARENT_ATTR, run_id)
+    else:
+        client.update_run(run_id, status="RUNNING")
+    params = {"study": spec.name, "sampler": spec.method, "sampler_seed": spec.seed,
+              "pruner": _pruner_text(spec), "objective": spec.objective, "metric": spec.metric,
+              "goal": spec.goal, "n_trials": spec.n_trials,
+              **{f"space.{name}": _space_text(p) for name, p in spec.parameters.items()}}
+    # Params are immutable in MLflow: a rerun with --n-trials 5 keeps the first value as the
+    # param and records the current request as a tag.
+    existing = client.get_run(run_id).data.params
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()
+                                     if k not in existing])
+    client.set_tag(run_id, "sweep_n_trials", str(spec.n_trials))
+    client.set_tag(run_id, "sweep_storage", masked)
+    if spec.description:
+        client.set_tag(run_id, "mlflow.note.content", spec.description)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep.yaml"
+        path.write_text(spec.text)
+        client.log_artifact(run_id, str(path))
+    return run_id
+
+
+def _existing(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSpec, experiment_id: str) -> str | None:
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if run_id:
+        try:
+            if client.get_run(run_id).info.lifecycle_stage == "active":
+                return run_id
+        except mlflow.exceptions.MlflowException:
+            pass  # another MLflow store than last time: look by tag, else start a new parent
+    runs = client.search_runs([experiment_id], f"tags.{STUDY_TAG} = '{spec.name}'", max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    if runs:
+        study.set_user_attr(PARENT_ATTR, runs[0].info.run_id)
+        return runs[0].info.run_id
+    return None
+
+
+@contextlib.contextmanager
+def closing(run_id: str) -> Iterator[None]:
+    """End the parent run honestly: FINISHED, KILLED on Ctrl-C (rerun continues), FAILED on error."""
+    client = mlflow.MlflowClient()
+    try:
+        yield
+    except KeyboardInterrupt:
+        client.set_tag(run_id, "end_reason", "interrupted (Ctrl-C); rerun the same command to continue")
+        client.set_terminated(run_id, status="KILLED")
+        raise
+    except BaseException as err:
+        client.set_tag(run_id, "end_reason", f"{type(err).__name__}: {err}"[:4000])
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    else:
+        client.set_terminated(run_id, status="FINISHED")
+
+
+def _pruner_text(spec: SweepSpec) -> str:
+    options = ",".join(f"{k}={v}" for k, v in spec.pruner_options.items())
+    return f"{spec.pruner}({options})" if options else spec.pruner
+
+
+def _space_text(p: ParamSpec) -> str:
+    if p.distribution == "categorical":
+        return f"categorical{list(p.values)}"
+    step = f" step {p.step}" if p.step else ""
+    return f"{p.distribution}[{p.low}, {p.high}]{step}"

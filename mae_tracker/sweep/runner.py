@@ -1,0 +1,261 @@
+"""Run a sweep: the study and the parent run first, then trials in this process or in workers.
+
+Every invocation works toward the same goal: ``n_trials`` finished (COMPLETE or PRUNED)
+trials in the study. That single rule gives resumption (rerun the same command), several
+workers on one study, and machines joining through ``--worker`` for free.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import mlflow
+import optuna
+from optuna.trial import TrialState
+
+from mae_tracker.sweep import parent as parent_run
+from mae_tracker.sweep.objective import Objective, TrialContext
+from mae_tracker.sweep.spec import SweepSpec, load_spec
+from mae_tracker.sweep.storage import STORAGE_ENV, make_storage, mask_password, resolve_storage_url, sqlite_path
+from mae_tracker.train import tracking
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+Echo = Callable[[str], None]
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: str | None = None,
+              n_trials: int | None = None, n_workers: int = 1, data: str | None = None,
+              progress: bool = False, worker: bool = False, worker_index: int = 0, num_threads: int = 0,
+              pruner: optuna.pruners.BasePruner | None = None, echo: Echo = _echo) -> dict[str, Any]:
+    """Run (or continue) the sweep described by the YAML at ``spec_path``.
+
+    The YAML is validated before anything is written. The study (``storage``, else
+    $MAE_TRACKER_OPTUNA_STORAGE, else optuna.db beside the MLflow store) and one MLflow parent
+    run are created or reused, then trials run until ``n_trials`` of them finished (COMPLETE or
+    PRUNED) - in this process, or in ``n_workers`` worker processes sharing the CPU cores. At
+    the end the parent run gets the best trial, figures and trials.csv, and the best encoder is
+    promoted if the YAML says ``promote: true``. ``worker=True`` only runs trials of an existing
+    sweep (how other machines join). ``pruner`` replaces the YAML's pruner (for library use).
+
+    Returns a summary: study, storage (password masked), parent_run_id, counts per state, and
+    best_trial / best_value / best_params when a trial completed.
+    """
+    spec = load_spec(spec_path)
+    changes: dict[str, Any] = {}
+    if study_name:
+        changes["name"] = study_name
+    if n_trials is not None:
+        if n_trials < 1:
+            raise ValueError(f"--n-trials must be >= 1, got {n_trials}")
+        changes["n_trials"] = n_trials
+    if data:
+        changes["fixed"] = {**spec.fixed, "data": str(Path(data).resolve())}
+    spec = spec.with_overrides(**changes)
+    if n_workers < 1:
+        raise ValueError(f"--n-workers must be >= 1, got {n_workers}")
+    tracking_uri = tracking.configure_tracking()
+    url = resolve_storage_url(storage, tracking_uri)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours to print
+
+    if worker:
+        path = sqlite_path(url)
+        if path is not None and not path.exists():  # do not create an empty database by asking
+            raise ValueError(f"no Optuna storage at {path}; start the sweep without --worker first")
+        storage_obj = _storage(spec, url)
+        study = _load_study(spec, url, storage_obj)
+        parent_id = parent_run.find_parent(study)
+        run_trials(study, storage_obj, spec, parent_id, worker_index=worker_index, num_threads=num_threads,
+                   progress=progress, pruner=pruner, echo=echo)
+        return summarize(study, spec, url, parent_id)
+
+    storage_obj = _storage(spec, url)
+    study = optuna.create_study(study_name=spec.name, storage=storage_obj, load_if_exists=True,
+                                direction=spec.goal)
+    if study.direction.name.lower() != spec.goal:
+        raise ValueError(f"study {spec.name!r} in {mask_password(url)} {study.direction.name.lower()}s; "
+                         f"the YAML says {spec.goal} (use another name)")
+    _ensure_data(spec, progress)  # generate the default data once, not once per worker
+    parent_id = parent_run.open_parent(study, spec, url)
+    echo(f"sweep {spec.name}: {spec.n_trials} trials ({spec.method}, pruner {spec.pruner}, objective "
+         f"{spec.objective}) in {mask_password(url)}; MLflow parent run {parent_id}")
+    with parent_run.closing(parent_id):
+        if n_workers == 1:
+            run_trials(study, storage_obj, spec, parent_id, num_threads=num_threads, progress=progress, pruner=pruner,
+                       echo=echo)
+        else:
+            _spawn_workers(spec, url, n_workers, progress)
+        from mae_tracker.sweep.report import finish
+
+        return finish(study, spec, url, parent_id, echo=echo)
+
+
+def _storage(spec: SweepSpec, url: str) -> optuna.storages.RDBStorage:
+    return make_storage(url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period,
+                        max_retry=spec.max_retry)
+
+
+def _load_study(spec: SweepSpec, url: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=spec.name, storage=storage)
+    except KeyError:
+        raise ValueError(f"no study {spec.name!r} in {mask_password(url)}; start the sweep without --worker first"
+                         ) from None
+
+
+def _ensure_data(spec: SweepSpec, progress: bool) -> None:
+    if not spec.fixed.get("data"):
+        from mae_tracker.data.default import default_dataset
+
+        default_dataset(progress=progress)
+
+
+def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
+    if spec.method == "grid":
+        return optuna.samplers.GridSampler(spec.grid, seed=seed)
+    if spec.method == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    options = dict(spec.pruner_options)
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(**{"n_startup_trials": 5, "n_warmup_steps": 2, **options})
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(**{"min_resource": 1, **options})
+    if spec.pruner == "threshold":
+        return optuna.pruners.ThresholdPruner(**options)
+    return optuna.pruners.NopPruner()
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    states: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    return states
+
+
+def _remaining(study: optuna.Study, spec: SweepSpec, sampler: optuna.samplers.BaseSampler) -> int:
+    """Trials still to start: running ones (other workers) will finish and count."""
+    if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+        return 0
+    started = len(study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,)))
+    return spec.n_trials - started
+
+
+def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, spec: SweepSpec, parent_id: str, *,
+               worker_index: int = 0,
+               num_threads: int = 0, progress: bool = False, pruner: optuna.pruners.BasePruner | None = None,
+               echo: Echo = _echo) -> None:
+    """Run trials in this process until the study has ``spec.n_trials`` finished trials."""
+    # A fresh process with the YAML's seed would draw the same parameters as the trials
+    # already in the study (resume) or as the other workers; offset by both. A one-process
+    # sweep from scratch still uses exactly the YAML's seed.
+    seed = spec.seed + len(study.get_trials(deepcopy=False)) + 1000 * worker_index
+    sampler = make_sampler(spec, seed)
+    study = optuna.load_study(study_name=study.study_name, storage=storage, sampler=sampler,
+                              pruner=pruner or make_pruner(spec))
+    experiment_id = tracking.ensure_experiment(spec.experiment)
+    objective = Objective(TrialContext(spec, experiment_id, parent_id, progress=progress, num_threads=num_threads))
+    on_finish = ProgressLine(spec, parent_id, echo)
+    failures = 0
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # before counting: dead trials are not running
+        if _remaining(study, spec, sampler) <= 0:
+            return
+        # A trial that raises (NaN loss, bad combination of settings) is marked FAIL and the
+        # study goes on; a budget of n_trials failures stops a sweep that can only fail.
+        if failures >= spec.n_trials:
+            echo(f"sweep {spec.name}: stopping this worker after {failures} failed trials")
+            return
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[on_finish])
+        failures += on_finish.last_failed
+
+
+class ProgressLine:
+    """One line per finished trial: number, params, value, state, best so far; the value also
+    goes onto the parent run as a metric stepped by trial number."""
+
+    def __init__(self, spec: SweepSpec, parent_id: str, echo: Echo) -> None:
+        self.spec, self.parent_id, self.echo = spec, parent_id, echo
+        self.last_failed = False  # a real failure; a surplus trial (see objective) is not one
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        surplus = bool(trial.user_attrs.get("surplus"))
+        self.last_failed = trial.state == TrialState.FAIL and not surplus
+        if surplus:
+            return
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        value = f"{self.spec.metric}={_fmt(trial.value)}" if trial.value is not None else "no value"
+        if trial.state == TrialState.PRUNED and trial.intermediate_values:
+            step = max(trial.intermediate_values)
+            value = f"{self.spec.report_key}={_fmt(trial.intermediate_values[step])} at epoch {step}"
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        best = "none yet"
+        if complete:
+            pick = max if self.spec.goal == "maximize" else min
+            top = pick(complete, key=lambda t: t.value)
+            best = f"{_fmt(top.value)} (trial {top.number})"
+        self.echo(f"[{self.spec.name}] trial {trial.number} | {params} | {value} | {trial.state.name} | best {best}")
+        if trial.state == TrialState.COMPLETE:
+            mlflow.MlflowClient().log_metric(self.parent_id, f"trial_{self.spec.metric}", trial.value,
+                                             step=trial.number)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _spawn_workers(spec: SweepSpec, url: str, n_workers: int, progress: bool) -> None:
+    """N worker processes on the study, each with an equal share of the CPU cores."""
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+    # The storage URL travels in the environment, not argv: `ps` would show a password.
+    env.update({STORAGE_ENV: url, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+                "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    base = [sys.executable, "-m", "mae_tracker.sweep", str(spec.path), "--worker", "--study-name", spec.name,
+            "--n-trials", str(spec.n_trials), "--threads", str(threads),
+            "--progress" if progress else "--no-progress"]
+    if spec.fixed.get("data"):
+        base += ["--data", spec.fixed["data"]]
+    procs = [subprocess.Popen(base + ["--worker-index", str(i)], env=env) for i in range(n_workers)]
+    try:
+        codes = [proc.wait() for proc in procs]
+    except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches the workers too (same process group); a SIGINT sent to
+        # this process alone does not, so pass it on to any worker still going after a moment.
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            proc.wait()
+        raise
+    failed = [f"worker {i} exited {code}" for i, code in enumerate(codes) if code != 0]
+    if failed:
+        print(f"warning: {'; '.join(failed)}; finished trials are kept, rerun to continue", flush=True)
+
+
+def summarize(study: optuna.Study, spec: SweepSpec, url: str, parent_id: str) -> dict[str, Any]:
+    summary: dict[str, Any] = {"study": spec.name, "storage": mask_password(url), "parent_run_id": parent_id,
+                               "n_trials": spec.n_trials, "states": counts(study), "metric": spec.metric}
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete:
+        best = study.best_trial
+        summary.update(best_trial=best.number, best_value=best.value, best_params=best.params,
+                       best_encoder_uri=best.user_attrs.get("encoder_uri"),
+                       best_pretrain_run_id=best.user_attrs.get("pretrain_run_id"))
+    return summary

@@ -1,0 +1,277 @@
+"""Optuna sweeps: study + MLflow run tree, pruning, resume, workers, a killed worker, bad YAML.
+
+Trials are tiny (2 epochs of ~500 jets, batch 32, 64-jet probe monitor). Where a test only
+needs trials to *finish*, a threshold pruner prunes them after epoch 0, the cheapest trial.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from mae_tracker.sweep.__main__ import main
+from mae_tracker.sweep.runner import run_sweep
+from mae_tracker.sweep.spec import SweepSpecError, load_spec
+from mae_tracker.sweep.storage import default_storage_url, mask_password
+
+EXPERIMENT = "sweep-tests"
+ALWAYS_PRUNE = {"type": "threshold", "lower": 1.1}  # an AUC never reaches 1.1: prune after epoch 0
+
+
+def write_spec(tmp_path: Path, jets_file: Path, name: str, **changes: Any) -> Path:
+    spec: dict[str, Any] = {
+        "name": name, "experiment": EXPERIMENT, "method": "random", "seed": 0, "n_trials": 3,
+        "metric": {"name": "val_auc", "goal": "maximize"}, "objective": "probe", "pruner": {"type": "none"},
+        "parameters": {"mask_ratio": {"distribution": "uniform", "min": 0.5, "max": 0.9},
+                       "lr": {"distribution": "log_uniform", "min": 3.0e-4, "max": 3.0e-3}},
+        "fixed": {"data": str(jets_file), "epochs": 2, "batch_size": 32, "depth": 2, "probe_train_jets": 64,
+                  "probe_val_jets": 64, "eval_jets": 64, "image_every": 0, "num_threads": 1},
+        "downstream": {"epochs": 2, "batch_size": 32},
+        "heartbeat": {"interval": 1, "grace_period": 3, "max_retry": 1},
+        "promote": False,
+    }
+    spec.update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def storage_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def parent_runs(name: str) -> list[mlflow.entities.Run]:
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], f"tags.sweep_study = '{name}'")
+
+
+def child_runs(parent_id: str) -> dict[str, mlflow.entities.Run]:
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {run.info.run_name: run for run in runs}
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def cli(args: list[str], cwd: Path, **popen: Any) -> subprocess.Popen:
+    """`python -m mae_tracker.sweep` as a user starts it: the test session's stores, default
+    SIGINT handling even when pytest runs as a background job, no inherited MLflow run."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+    return subprocess.Popen([sys.executable, "-m", "mae_tracker.sweep", *args], cwd=cwd, env=env, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
+
+
+class PruneTrialOne(optuna.pruners.BasePruner):
+    """Prunes trial 1 after its first epoch and nothing else: one pruned, two complete."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number == 1
+
+
+@pytest.mark.slow
+def test_three_trial_sweep_builds_the_study_and_the_run_tree(tmp_path, jets_file, capsys):
+    spec_path = write_spec(tmp_path, jets_file, "three", promote=True)
+    summary = run_sweep(spec_path, storage=storage_url(tmp_path), pruner=PruneTrialOne())
+
+    study = optuna.load_study(study_name="three", storage=storage_url(tmp_path))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    assert summary["states"] == {"COMPLETE": 2, "PRUNED": 1}
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[three] trial ")]
+    assert len(lines) == 3 and "| PRUNED |" in lines[1] and "mask_ratio=" in lines[0] and "best " in lines[2]
+
+    (parent,) = parent_runs("three")
+    assert parent.info.status == "FINISHED" and parent.data.params["n_trials"] == "3"
+    assert parent.data.params["objective"] == "probe" and parent.data.tags["sweep_storage"] == storage_url(tmp_path)
+    children = child_runs(parent.info.run_id)
+    assert set(children) == {"trial-0", "trial-1", "trial-2"}
+    pruned = children["trial-1"]
+    assert (pruned.info.status, pruned.data.tags["optuna_state"]) == ("KILLED", "PRUNED")
+    client = mlflow.MlflowClient()
+    for number in (0, 2):
+        run = children[f"trial-{number}"]
+        trial = study.trials[number]
+        assert (run.info.status, run.data.tags["optuna_state"]) == ("FINISHED", "COMPLETE")
+        assert float(run.data.params["mask_ratio"]) == pytest.approx(trial.params["mask_ratio"])
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_probe_auc")] == [0, 1]
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert trial.user_attrs["encoder_uri"] == f"runs:/{trial.user_attrs['pretrain_run_id']}/encoder"
+        arms = child_runs(run.info.run_id)  # the arms' runs nest under the trial
+        assert set(arms) == {f"trial-{number}-pretrain", f"trial-{number}-probe"}
+        assert run.data.metrics["val_auc"] == pytest.approx(trial.value)
+
+    best = study.best_trial
+    assert parent.data.tags["best_trial"] == str(best.number)
+    assert parent.data.metrics["best_val_auc"] == pytest.approx(best.value)
+    assert parent.data.tags["best_encoder_uri"] == best.user_attrs["encoder_uri"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    artifacts |= {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"sweep.yaml", "trials.csv", "figures/param_importances.png",
+            "figures/optimization_history.png", "figures/parallel_coordinate.png"} <= artifacts
+    csv = Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(tmp_path)))
+    assert len(csv.read_text().splitlines()) == 1 + 3
+    assert summary["promotion"].get("alias") in ("champion", "challenger"), summary["promotion"]
+
+    # Running the finished sweep again adds no trial and reuses its parent run.
+    again = run_sweep(spec_path, storage=storage_url(tmp_path))
+    assert len(optuna.load_study(study_name="three", storage=storage_url(tmp_path)).trials) == 3
+    assert again["parent_run_id"] == parent.info.run_id and len(parent_runs("three")) == 1
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_continues_to_the_requested_total(tmp_path, jets_file):
+    spec_path = write_spec(tmp_path, jets_file, "resume", pruner=ALWAYS_PRUNE)
+    first = run_sweep(spec_path, storage=storage_url(tmp_path), n_trials=1)
+    assert first["states"] == {"PRUNED": 1}
+    second = run_sweep(spec_path, storage=storage_url(tmp_path))
+    study = optuna.load_study(study_name="resume", storage=storage_url(tmp_path))
+    assert [t.number for t in finished(study)] == [0, 1, 2] and len(study.trials) == 3
+    # A resumed sampler does not redraw the first trial's parameters.
+    assert len({t.params["mask_ratio"] for t in study.trials}) == 3
+    assert second["parent_run_id"] == first["parent_run_id"] and len(parent_runs("resume")) == 1
+    assert set(child_runs(first["parent_run_id"])) == {"trial-0", "trial-1", "trial-2"}
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_one_study(tmp_path, jets_file):
+    spec_path = write_spec(tmp_path, jets_file, "workers", pruner=ALWAYS_PRUNE, n_trials=4)
+    proc = cli([str(spec_path), "--storage", storage_url(tmp_path), "--n-workers", "2"], tmp_path,
+               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="workers", storage=storage_url(tmp_path))
+    done = finished(study)
+    assert len(done) == 4 and len({t.number for t in done}) == 4
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert len({tuple(t.params.values()) for t in done}) == 4  # workers draw different parameters
+    assert len([line for line in out.splitlines() if line.startswith("[workers] trial ")]) == 4
+    (parent,) = parent_runs("workers")
+    assert len(child_runs(parent.info.run_id)) == 4
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_trial_and_the_rerun_completes(tmp_path, jets_file):
+    spec_path = write_spec(tmp_path, jets_file, "killed", pruner=ALWAYS_PRUNE, n_trials=2)
+    args = [str(spec_path), "--storage", storage_url(tmp_path)]
+    proc = cli(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = None
+    deadline = time.time() + 300
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if not (tmp_path / "optuna.db").exists():
+            continue  # never race the sweep's own schema creation
+        try:
+            study = optuna.load_study(study_name="killed", storage=storage_url(tmp_path))
+        except Exception:  # the study or its tables are still being created
+            continue
+        running = study.get_trials(states=(TrialState.RUNNING,))
+        if running and "mlflow_run_id" in running[0].user_attrs:  # its MLflow trial run exists
+            os.kill(proc.pid, signal.SIGKILL)
+            victim = running[0].number
+    proc.wait(timeout=60)
+    assert victim is not None, "no trial was seen running"
+    study = optuna.load_study(study_name="killed", storage=storage_url(tmp_path))
+    assert study.trials[victim].state == TrialState.RUNNING  # nobody is left to say otherwise
+
+    time.sleep(4)  # > heartbeat grace period (3 s)
+    rerun = cli(args, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="killed", storage=storage_url(tmp_path))
+    assert study.trials[victim].state == TrialState.FAIL
+    assert len(finished(study)) == 2
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
+    assert retried and retried[0].params == study.trials[victim].params
+    dead_run = mlflow.MlflowClient().get_run(study.trials[victim].user_attrs["mlflow_run_id"])
+    assert dead_run.info.status == "FAILED" and dead_run.data.tags["optuna_state"] == "FAIL"
+    assert all(run.info.status != "RUNNING" for run in child_runs(dead_run.info.run_id).values())
+    (parent,) = parent_runs("killed")
+    assert parent.info.status == "FINISHED"
+
+
+BAD_SPECS = {
+    "unknown key": ({"n_trails": 3}, "n_trails: unknown key"),
+    "empty range": ({"parameters": {"mask_ratio": {"distribution": "uniform", "min": 0.9, "max": 0.9}}},
+                    "parameters.mask_ratio: empty range"),
+    "bad distribution": ({"parameters": {"lr": {"distribution": "gaussian", "min": 1e-4, "max": 1e-3}}},
+                         "parameters.lr.distribution: 'gaussian' is not allowed"),
+    "not a config field": ({"parameters": {"mask": {"values": [0.5]}}}, "not a searchable PretrainConfig field"),
+    "grid of ranges": ({"method": "grid"}, "method grid needs every parameter as a list"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_yaml_is_one_line_and_writes_nothing(tmp_path, jets_file, case):
+    changes, message = BAD_SPECS[case]
+    spec_path = write_spec(tmp_path, jets_file, "bad", **changes)
+    result = CliRunner().invoke(main, [str(spec_path), "--storage", storage_url(tmp_path)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {spec_path}: ") and message in lines[0]
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_bad_yaml_exits_non_zero_from_the_module(tmp_path, jets_file):
+    spec_path = write_spec(tmp_path, jets_file, "bad", n_trails=3)
+    proc = cli([str(spec_path), "--storage", storage_url(tmp_path)], tmp_path,
+               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.strip() == f"Error: {spec_path}: n_trails: unknown key; allowed: " \
+        "name, experiment, method, seed, metric, objective, n_trials, pruner, parameters, fixed, downstream, " \
+        "promote, heartbeat, description"
+    assert not (tmp_path / "optuna.db").exists() and not list(tmp_path.glob("mlruns"))
+
+
+def test_a_worker_needs_a_started_sweep(tmp_path, jets_file):
+    spec_path = write_spec(tmp_path, jets_file, "nostudy")
+    result = CliRunner().invoke(main, [str(spec_path), "--worker", "--storage", storage_url(tmp_path)])
+    assert result.exit_code == 1 and "start the sweep without --worker first" in result.stderr
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_shipped_sweeps_are_valid():
+    root = Path(__file__).resolve().parents[1] / "sweeps"
+    specs = {path.stem: load_spec(path) for path in root.glob("*.yaml")}
+    assert {"quick", "mask-ratio", "full"} <= set(specs)
+    assert specs["quick"].n_trials >= 3 and {"mask_ratio", "depth", "lr"} <= set(specs["quick"].parameters)
+    grid = specs["mask-ratio"]
+    assert grid.method == "grid" and grid.n_trials == len(grid.parameters["mask_ratio"].values) >= 5
+    assert specs["full"].pruner == "hyperband" and "variant" in specs["full"].parameters
+
+
+def test_spec_details(tmp_path, jets_file):
+    path = write_spec(tmp_path, jets_file, "details", method="grid", n_trials=None,
+                      parameters={"mask_ratio": [0.5, 0.75], "variant": {"values": ["vit-nano", "hybrid-nano"]}},
+                      objective="reconstruction", metric={"name": "train_eval_loss", "goal": "minimize"})
+    path.write_text(path.read_text().replace("n_trials: null\n", ""))
+    spec = load_spec(path)
+    assert spec.n_trials == 4 and spec.goal == "minimize" and spec.report_key == "train_eval_loss"
+    path = write_spec(tmp_path, jets_file, "details", parameters={"lr": {"distribution": "log_uniform",
+                                                                          "min": "3e-4", "max": "3e-3"}})
+    assert load_spec(path).parameters["lr"].low == pytest.approx(3e-4)  # YAML reads 3e-4 as a string
+    with pytest.raises(SweepSpecError, match="objective probe"):
+        load_spec(write_spec(tmp_path, jets_file, "details", metric={"name": "train_eval_loss"}))
+
+
+def test_storage_urls():
+    assert mask_password("postgresql+psycopg2://alice:s3cr%40t@db.lab:5432/optuna") == \
+        "postgresql+psycopg2://alice:***@db.lab:5432/optuna"
+    assert mask_password("sqlite:////data/optuna.db") == "sqlite:////data/optuna.db"
+    assert default_storage_url("sqlite:////data/runs/mlflow.db") == "sqlite:////data/runs/optuna.db"
+    cache = os.environ["MAE_TRACKER_CACHE"]
+    assert default_storage_url("http://127.0.0.1:5000") == f"sqlite:///{Path(cache).resolve()}/optuna.db"
