@@ -1,0 +1,165 @@
+"""The report: every number in its tables is the value stored in the run named beside it."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from label_efficiency_study import EXPERIMENT, pretrained, study
+from mae_tracker.report import build_report
+
+ARM_TABLES = {"Linear probing": "probe", "Fine-tuning": "finetune", "Scratch (no pretraining)": "scratch"}
+
+
+class _Tables(HTMLParser):
+    """{heading: [row dicts]} from the report's HTML; run cells hold the full id (title attribute)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[dict[str, str]]] = {}
+        self.heading, self.text, self.cell, self.row, self.columns = "", "", None, [], []
+        self.in_heading = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("h1", "h2"):
+            self.in_heading, self.heading = True, ""
+        elif tag in ("td", "th"):
+            self.cell = ""
+        elif tag == "code" and self.cell is not None and "title" in attrs:
+            self.cell = attrs["title"]
+            self.cell_fixed = True
+        elif tag == "table":
+            self.columns = []
+            self.tables[self.heading] = []
+
+    def handle_endtag(self, tag):
+        if tag in ("h1", "h2"):
+            self.in_heading = False
+        elif tag in ("td", "th"):
+            if tag == "th":
+                self.columns.append(self.cell)
+            else:
+                self.row.append(self.cell)
+            self.cell, self.cell_fixed = None, False
+        elif tag == "tr" and self.row:
+            self.tables[self.heading].append(dict(zip(self.columns, self.row)))
+            self.row = []
+
+    def handle_data(self, data):
+        if self.in_heading:
+            self.heading += data
+        elif self.cell is not None and not getattr(self, "cell_fixed", False):
+            self.cell += data
+
+
+def html_tables(path: Path) -> dict[str, list[dict[str, str]]]:
+    parser = _Tables()
+    parser.feed(path.read_text())
+    return parser.tables
+
+
+def markdown_tables(path: Path) -> dict[str, list[dict[str, str]]]:
+    tables: dict[str, list[dict[str, str]]] = {}
+    heading, columns = "", []
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            heading, columns = line.lstrip("#").strip(), []
+        elif line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip().strip("`") for c in line.strip().strip("|").split(" | ")]
+            if not columns:
+                columns = cells
+                tables[heading] = []
+            else:
+                tables[heading].append(dict(zip(columns, cells)))
+    return tables
+
+
+def fmt(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}f}"
+
+
+@pytest.fixture(scope="module")
+def le_study(jets_file):
+    return study(jets_file)
+
+
+@pytest.fixture(scope="module")
+def parent_report(le_study, tmp_path_factory):
+    return build_report(le_study["run_id"], tmp_path_factory.mktemp("report-parent"))
+
+
+def test_tables_hold_the_stored_metrics_with_run_ids(parent_report, le_study, jets_file):
+    client = mlflow.MlflowClient()
+    pretrain_id = pretrained(jets_file)["run_id"]
+    pretrain_run = client.get_run(pretrain_id)
+    children = {r.info.run_id: r for r in client.search_runs(
+        [pretrain_run.info.experiment_id], f"tags.mlflow.parentRunId = '{le_study['run_id']}'")}
+    html, md = html_tables(parent_report.html), markdown_tables(parent_report.markdown)
+    for title, arm in ARM_TABLES.items():
+        rows = html[title]
+        finished = {i for i, r in children.items() if r.info.status == "FINISHED" and r.data.tags["arm"] == arm}
+        assert {row["Run"] for row in rows} == finished and len(rows) == 4
+        md_rows = {row["Run"]: row for row in md[title]}
+        for row in rows:
+            metrics = client.get_run(row["Run"]).data.metrics
+            assert row["Accuracy"] == fmt(metrics["test_acc"]) and row["AUC"] == fmt(metrics["test_auc"])
+            assert md_rows[row["Run"][:8]]["AUC"] == row["AUC"] and md_rows[row["Run"][:8]]["Accuracy"] == row["Accuracy"]
+            assert row.get("Pretrain run", row.get("Architecture from")) == pretrain_id
+            if arm != "scratch":
+                assert row["Mask ratio"] == fmt(float(pretrain_run.data.params["mask_ratio"]), 2)
+            assert row["Model"].startswith(pretrain_run.data.params["variant"])
+    (recon,) = html["Reconstruction loss (pretraining)"]
+    assert recon["Run"] == pretrain_id
+    assert recon["Train loss"] == fmt(pretrain_run.data.metrics["train_eval_loss"])
+    assert recon["Test loss"] == fmt(pretrain_run.data.metrics["test_loss"])
+    summary = html[f"Label efficiency (parent run {le_study['run_id'][:8]})"]
+    assert len(summary) == 6  # 3 arms x 2 label counts
+    for row in summary:
+        ids = row["Runs"].split(", ")
+        aucs = [children[next(i for i in children if i.startswith(s))].data.metrics["test_auc"] for s in ids]
+        assert row["Mean AUC"] == fmt(sum(aucs) / len(aucs)) and row["Max AUC"] == fmt(max(aucs))
+
+
+def test_html_is_self_contained_and_the_report_is_logged_to_the_parent(parent_report, le_study):
+    page = parent_report.html.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
+    assert "<script" not in page and "<link" not in page
+    images = re.findall(r'<img [^>]*src="([^"]*)"', page)
+    assert len(images) >= 4 and all(src.startswith("data:image/png;base64,") for src in images)
+    names = {p.name for p in parent_report.figures}
+    assert {"roc.png", "roc_rejection.png", f"label_efficiency_{le_study['run_id'][:8]}.png"} <= names
+    assert any(n.startswith("reconstructions_") for n in names)
+    assert parent_report.logged_to == le_study["run_id"]
+    client = mlflow.MlflowClient()
+    logged = {a.path for a in client.list_artifacts(le_study["run_id"], "report")}
+    assert {"report/report.md", "report/report.html", "report/figures"} <= logged
+    figures = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(le_study["run_id"], "report/figures")}
+    assert figures == names
+
+
+def test_experiment_report_excludes_failed_runs_and_logs_to_a_report_run(le_study, tmp_path):
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    failed = client.create_run(experiment_id, run_name="crashed-finetune", tags={"arm": "finetune"}).info.run_id
+    client.log_metric(failed, "test_auc", 0.123456)
+    client.set_terminated(failed, "FAILED")
+    paths = build_report(EXPERIMENT, tmp_path)
+    tables = html_tables(paths.html)
+    assert failed not in {row["Run"] for row in tables["Fine-tuning"]}
+    assert failed in {row["Run"] for row in tables["Excluded runs"]}
+    assert "0.1235" not in paths.markdown.read_text()
+    assert f"Label efficiency (parent run {le_study['run_id'][:8]})" in tables
+    report_run = client.get_run(paths.logged_to)
+    assert report_run.data.tags["kind"] == "report" and report_run.info.status == "FINISHED"
+    assert report_run.info.experiment_id == experiment_id
+    assert {"report/report.md", "report/report.html"} <= {a.path for a in client.list_artifacts(paths.logged_to, "report")}
+
+
+def test_unknown_source_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="neither an MLflow experiment name nor a run id"):
+        build_report("no-such-experiment", tmp_path, log_to_mlflow=False)
