@@ -44,31 +44,41 @@ def main() -> None:
 @main.command()
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="HDF5 file to write (written atomically).")
-@click.option("--n-jets", type=int, default=10_000, show_default=True, help="Total jets (balanced classes).")
+@click.option("--task", type=click.Choice(["quark-gluon", "top-qcd", "electron-photon"]), default="quark-gluon",
+              show_default=True, help="What to generate: quark vs gluon jets, boosted top vs QCD fat jets, "
+                                      "or single electrons vs photons.")
+@click.option("--n-jets", type=int, default=10_000, show_default=True,
+              help="Total jets (particles for electron-photon), balanced classes.")
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--preset", default="cpu", show_default=True, help="Detector preset: 'cpu' (32x32) or 'e2e' (125x125).")
-@click.option("--pt-min", type=float, default=70.0, show_default=True, help="Jet pT window lower edge [GeV].")
-@click.option("--pt-max", type=float, default=200.0, show_default=True, help="Jet pT window upper edge [GeV].")
-@click.option("--eta-max", type=float, default=1.5, show_default=True, help="Jet |eta| cut.")
-@click.option("--mpi/--no-mpi", default=True, show_default=True, help="Multi-parton interactions (off: ~5x faster).")
-@click.option("--hadronisation/--no-hadronisation", default=True, show_default=True)
-@click.option("--pt-matched/--no-pt-matched", default=False, show_default=True,
-              help="Resample so quark and gluon pT spectra match.")
+@click.option("--preset", default=None, help="Detector preset: 'cpu' (32x32, 64 patches of 4) or 'e2e' "
+                                             "(125x125 crystals); default cpu. Not for electron-photon.")
+@click.option("--channels", type=int, default=None,
+              help="Image channels: quark-gluon 3; top-qcd 3, 5 (+ d0, dz) or 8 (+ BPix1-3, default); "
+                   "electron-photon 2 (energy, time).")
+@click.option("--pt-min", type=float, default=None,
+              help="pT window lower edge [GeV]; default 70 (q/g), 400 (top), 40 (e/gamma).")
+@click.option("--pt-max", type=float, default=None,
+              help="pT window upper edge [GeV]; default 200 (q/g), 600 (top), 60 (e/gamma).")
+@click.option("--eta-max", type=float, default=None, help="|eta| cut; default 1.5 (jets), 1.44 (e/gamma).")
+@click.option("--mpi/--no-mpi", default=None, help="Multi-parton interactions (jets; default on; off: ~5x faster).")
+@click.option("--hadronisation/--no-hadronisation", default=None, help="quark-gluon only (default on).")
+@click.option("--pt-matched/--no-pt-matched", default=None,
+              help="quark-gluon only: resample so quark and gluon pT spectra match (default off).")
 @click.option("--pthat-min", type=float, default=None,
-              help="Pythia PhaseSpace:pTHatMin [GeV]; default 0.7 * pt-min (higher sculpts low-pT jets).")
+              help="Pythia PhaseSpace:pTHatMin [GeV]; default 0.7 * pt-min (q/g), 0.85 * pt-min (top).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Parallel Pythia processes (the output does not depend on it).")
+              help="Parallel generator processes (the output does not depend on it).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_clean_errors
-def generate(out: Path, workers: int, progress: bool, **settings: Any) -> None:
-    """Generate Pythia 8 quark and gluon jet images in the CMS E2E HDF5 schema."""
-    from mae_tracker.data.generate import GeneratorConfig, generate_file
+def generate(out: Path, workers: int, progress: bool, task: str, **settings: Any) -> None:
+    """Generate labelled images (quark/gluon, top/QCD or electron/photon) in the CMS E2E HDF5 schema."""
+    from mae_tracker.data.tasks import generate_task_file, make_config
 
     try:
-        config = GeneratorConfig(**settings)
+        config = make_config(task, **settings)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    path = generate_file(config, out, workers=workers, progress=progress)
+    path = generate_task_file(config, out, workers=workers, progress=progress)
     click.echo(f"wrote {path}")
 
 
@@ -140,6 +150,93 @@ def _downstream_command(arm: str) -> None:
 
 for _arm in ("finetune", "probe", "scratch"):
     _downstream_command(_arm)
+
+
+def _mount_sweep() -> None:
+    from mae_tracker.sweep.__main__ import main as sweep_command
+
+    main.add_command(sweep_command, name="sweep")
+
+
+_mount_sweep()
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--metric", default=None,
+              help="Metric that decides champion vs challenger; default val_probe_auc (pretrain runs) "
+                   "or best_val_auc (finetune/probe/scratch runs).")
+@click.option("--goal", type=click.Choice(["maximize", "minimize"]), default="maximize", show_default=True)
+@_clean_errors
+def promote(run_id: str, metric: str | None, goal: str) -> None:
+    """Register a run's encoder (pretrain) or classifier (downstream) in its model family:
+    it becomes `challenger`, and `champion` only if it beats the champion on the same data."""
+    from mae_tracker.registry import promote as run_promote
+
+    result = run_promote(run_id, metric=metric, goal=goal)
+    click.echo(f"{result.registered_model} version {result.version} is {result.alias}: {result.reason}")
+    click.echo(f"load it with models:/{result.registered_model}@{result.alias}")
+
+
+def _comma_list(kind: type) -> Callable[[Any, Any, str | None], list | None]:
+    def parse(_ctx: Any, param: Any, value: str | None) -> list | None:
+        if value is None:
+            return None
+        try:
+            return [kind(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected a comma-separated list of {kind.__name__}s, got {value!r}",
+                                     param=param) from None
+
+    return parse
+
+
+@main.command(name="label-efficiency")
+@click.argument("encoder_uri", required=False, default="")
+@click.option("--fractions", callback=_comma_list(float), default=None,
+              help="Labelled fractions of the train split, comma-separated [default: 0.01,0.1,1].")
+@click.option("--seeds", callback=_comma_list(int), default=None, help="Seeds, comma-separated [default: 0,1,2].")
+@click.option("--arms", callback=_comma_list(str), default=None,
+              help="Arms, comma-separated [default: finetune,probe,scratch].")
+@click.option("--epochs", type=int, default=None, help="Epochs of every child run (default: each arm's).")
+@click.option("--batch-size", type=int, default=None, help="Batch size of every child run.")
+@click.option("--experiment", default="mae-tracker", show_default=True)
+@click.option("--resume", default="", help="Parent run id of an earlier study: finished children are kept.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_clean_errors
+def label_efficiency(encoder_uri: str, fractions: list | None, seeds: list | None, arms: list | None,
+                     epochs: int | None, batch_size: int | None, experiment: str, resume: str,
+                     progress: bool) -> None:
+    """Finetune, probe and scratch from ENCODER_URI at several labelled fractions and seeds,
+    as child runs of one parent run that gets the curve and a CSV."""
+    from mae_tracker.label_efficiency import run_label_efficiency
+
+    if not encoder_uri and not resume:
+        raise click.UsageError("give an ENCODER_URI (runs:/<id>/encoder or models:/<name>@<alias>) or --resume")
+    overrides = {key: value for key, value in (("epochs", epochs), ("batch_size", batch_size)) if value is not None}
+    result = run_label_efficiency(encoder_uri, fractions=fractions, seeds=seeds, arms=arms,
+                                  overrides=overrides or None, experiment=experiment, resume=resume,
+                                  progress=progress)
+    click.echo(result["table"].to_string(index=False))
+    click.echo(f"parent run {result['run_id']}: {result['trained']} trained, {result['skipped']} already done")
+
+
+@main.command()
+@click.argument("source")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("report"),
+              show_default=True, help="Folder for report.md, report.html and figures/.")
+@click.option("--log/--no-log", "log_to_mlflow", default=True, show_default=True,
+              help="Also log the report as artifacts (to the parent run, or a new run tagged kind=report).")
+@_clean_errors
+def report(source: str, out_dir: Path, log_to_mlflow: bool) -> None:
+    """Markdown + self-contained HTML report from SOURCE: an experiment name, a sweep parent run
+    id or a label-efficiency parent run id. Every number comes from a run, with its id."""
+    from mae_tracker.report import build_report
+
+    paths = build_report(source, out_dir, log_to_mlflow=log_to_mlflow)
+    click.echo(f"wrote {paths.markdown} and {paths.html}")
+    if paths.logged_to:
+        click.echo(f"logged to run {paths.logged_to}")
 
 
 if __name__ == "__main__":

@@ -34,14 +34,30 @@ def entry_point(arm: str, config_cls: type, overrides: dict) -> list[str]:
     return lines
 
 
+# The sweep: a YAML study file from sweeps/ (relative to the project), optional storage URL
+# (empty = the SQLite file beside the tracking store) and worker processes.
+SWEEP_ENTRY = """  sweep:
+    parameters:
+      config: {type: string, default: "sweeps/quick.yaml"}
+      storage: {type: string, default: ""}
+      n_workers: {type: int, default: 1}
+      data: {type: string, default: ""}
+    command: >-
+      python -m mae_tracker.sweep {config}
+      --storage {storage}
+      --n-workers {n_workers}
+      --data {data}"""
+
+
 def main() -> None:
-    lines = ["# One entry point per arm. Parameters mirror mae_tracker.train.config (tests check that);",
+    lines = ["# One entry point per arm, and the sweep. Parameters mirror mae_tracker.train.config (tests check that);",
              "# regenerate with: python scripts/write_mlproject.py > MLproject",
              "# Run without conda: mlflow run . -e pretrain --env-manager local",
              "name: mae-tracker", "conda_env: conda.yaml", "", "entry_points:"]
     lines += entry_point("pretrain", PretrainConfig, {})
     for arm in ("finetune", "probe", "scratch"):
         lines += [""] + entry_point(arm, DownstreamConfig, ARM_DEFAULTS[arm])
+    lines += ["", SWEEP_ENTRY]
     print("\n".join(lines))
 
 

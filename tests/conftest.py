@@ -10,14 +10,20 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_stores(tmp_path_factory: pytest.TempPathFactory):
-    """One throw-away SQLite tracking store and cache for the whole session: nothing touches
-    ./mlflow.db or ~/.cache. Tests find their runs by run id, so sharing the store is safe
+    """One throw-away SQLite tracking store, cache and working directory for the whole session:
+    nothing touches the checkout, ./mlflow.db or ~/.cache. Tests find their runs by run id, so sharing the store is safe
     (and creating a store costs about a second)."""
     root = tmp_path_factory.mktemp("stores")
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MAE_TRACKER_CACHE")}
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
     os.environ["MAE_TRACKER_CACHE"] = str(root / "cache")
+    # Whatever a test, MLflow or a subprocess writes relative to the working directory
+    # (./mlruns, ./mlflow.db) lands in a temp dir, never in the checkout.
+    cwd = Path.cwd()
+    (root / "cwd").mkdir()
+    os.chdir(root / "cwd")
     yield root
+    os.chdir(cwd)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

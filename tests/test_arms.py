@@ -7,8 +7,10 @@ import json
 import mlflow
 import mlflow.pytorch
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from mae_tracker.data.jetfile import file_digest
 from mae_tracker.train import loop
@@ -58,6 +60,10 @@ def test_pretrain_reduces_reconstruction_loss(pretrained):
     assert train_loss[-1] < 0.8 * train_loss[0]
     assert test_loss[-1] < test_loss[0]
     assert all(np.isfinite(test_loss))
+    # the online linear probe: one validation AUC per epoch, informative on real jets
+    probe_auc = history(pretrained["run_id"], "val_probe_auc")
+    assert len(probe_auc) == EPOCHS and all(0.0 <= a <= 1.0 for a in probe_auc)
+    assert probe_auc[-1] > 0.6 and pretrained["val_probe_auc"] == probe_auc[-1]
 
 
 def test_pretrain_run_holds_params_provenance_images_and_models(pretrained, jets_file):
@@ -117,10 +123,21 @@ def test_downstream_arms_classify_real_jets(pretrained, jets_file):
         assert len(history(result["run_id"], "val_auc")) == 4
         assert len(history(result["run_id"], "val_acc")) == 4
         artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result["run_id"])}
-        assert {"roc_curve.png", "score_histogram.png", "config.json"} <= artifacts
+        assert {"roc_curve.png", "roc_rejection.png", "score_histogram.png", "config.json",
+                "test_predictions.csv"} <= artifacts
+        # the stored test predictions are the ones the test metrics came from
+        predictions = pd.read_csv(mlflow.artifacts.download_artifacts(
+            run_id=result["run_id"], artifact_path="test_predictions.csv"))
+        assert len(predictions) == 100
+        assert roc_auc_score(predictions["label"], predictions["score"]) == pytest.approx(result["test_auc"])
+        # the selected epoch's validation numbers
+        val_auc = history(result["run_id"], "val_auc")
+        assert result["best_val_auc"] == val_auc[result["best_epoch"]]
+        assert run.data.metrics["best_val_auc"] == result["best_val_auc"]
         classifier = mlflow.pytorch.load_model(f"runs:/{result['run_id']}/classifier")
-        logits = classifier(torch.rand(4, 3, 32, 32))
-        assert logits.shape == (4,)
+        # the logged classifier is the QuarkTagger: raw channels-last images -> P(quark)
+        probabilities = classifier(torch.rand(4, 32, 32, 3))
+        assert probabilities.shape == (4,) and bool(((probabilities >= 0) & (probabilities <= 1)).all())
         after = encoder_state(classifier.encoder)
         if arm == "probe":
             assert same_weights(after, pretrained_encoder), "probe must leave the encoder unchanged"

@@ -119,7 +119,10 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(jets_file, tmp_pat
     process = subprocess.Popen(
         [sys.executable, "-m", "mae_tracker", "pretrain", "--data", str(jets_file), "--epochs", "200",
          "--batch-size", "32", "--image-every", "0", "--experiment", "ctrl-c", "--checkpoint-dir",
-         str(checkpoints), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         str(checkpoints), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Started from a background job of a non-interactive shell, this process (and so the
+        # child) would inherit SIGINT as ignored, and Ctrl-C could not be tested.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not list(checkpoints.glob("*/checkpoint.pt")) and time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1][-2000:]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mae_tracker.models.classifier import JetClassifier
-from mae_tracker.models.registry import build_encoder, encoder_config
+from mae_tracker.models.variants import build_encoder, encoder_config
 from mae_tracker.train import loop
 
 

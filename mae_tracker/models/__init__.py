@@ -3,7 +3,7 @@
 from mae_tracker.models.classifier import JetClassifier
 from mae_tracker.models.hybrid import HybridEncoder
 from mae_tracker.models.mae import MaskedAutoencoder, build_mae, patchify, unpatchify
-from mae_tracker.models.registry import (
+from mae_tracker.models.variants import (
     DEFAULT_VARIANT,
     VARIANTS,
     EncoderConfig,

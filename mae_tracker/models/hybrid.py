@@ -25,7 +25,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from mae_tracker.models.masking import mask_to_map
-from mae_tracker.models.registry import EncoderConfig
+from mae_tracker.models.variants import EncoderConfig
 from mae_tracker.models.vit import ViTEncoder, init_mae_weights, init_patchify_conv
 
 

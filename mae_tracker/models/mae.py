@@ -1,6 +1,6 @@
 """Masked Autoencoder (He et al. 2021) for C-channel detector images.
 
-The encoder (ViT or hybrid, see registry) sees only the visible patches; a light
+The encoder (ViT or hybrid, see variants) sees only the visible patches; a light
 transformer decoder gets the encoded visible tokens plus a shared learned mask token at
 every masked position, and predicts the pixels of every patch. The loss is the per-patch
 MSE averaged over the masked patches only: reconstructing what the encoder saw is trivial
@@ -15,7 +15,7 @@ from torch import nn
 
 from mae_tracker.models.masking import gather_tokens, mask_to_map
 from mae_tracker.models.pos_embed import sincos_pos_embed_2d
-from mae_tracker.models.registry import EncoderConfig, MAEConfig, build_encoder
+from mae_tracker.models.variants import EncoderConfig, MAEConfig, build_encoder
 from mae_tracker.models.vit import init_mae_weights
 
 __all__ = ["MAEConfig", "MaskedAutoencoder", "build_mae", "patchify", "unpatchify"]

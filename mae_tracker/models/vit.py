@@ -14,7 +14,7 @@ from torch import nn
 
 from mae_tracker.models.masking import TokenMask, gather_tokens, random_token_mask
 from mae_tracker.models.pos_embed import sincos_pos_embed_2d
-from mae_tracker.models.registry import EncoderConfig
+from mae_tracker.models.variants import EncoderConfig
 
 POOLING = ("mean", "cls")
 

@@ -23,7 +23,7 @@ class CommonConfig:
     train_fraction: float = 0.3
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-    variant: str = field(default="vit-nano", metadata={"help": "Encoder variant (see mae_tracker.models.registry)."})
+    variant: str = field(default="vit-nano", metadata={"help": "Encoder variant (see mae_tracker.models.variants)."})
     patch_size: int = field(default=0, metadata={"help": "Patch size; 0 = the variant's default."})
     depth: int = field(default=0, metadata={"help": "Encoder depth override; 0 = the variant's."})
     embed_dim: int = field(default=0, metadata={"help": "Encoder width override; 0 = the variant's."})
@@ -67,7 +67,24 @@ class PretrainConfig(CommonConfig):
     eval_jets: int = field(default=2048, metadata={"help": "Test-split jets for the per-epoch reconstruction loss."})
     image_every: int = field(default=5, metadata={"help": "Log reconstruction grids every N epochs (and the last)."})
     image_jets: int = field(default=4, metadata={"help": "Jets per reconstruction grid."})
+    image_scale: str = field(default="log", metadata={
+        "help": "Colour scale of the grids: 'log' (3 decades below each jet's hottest pixel) or 'linear'."})
+    probe_train_jets: int = field(default=1000, metadata={
+        "help": "Labelled train-split jets for the per-epoch linear probe (val_probe_auc); 0 = off."})
+    probe_val_jets: int = field(default=1000, metadata={
+        "help": "Validation jets the per-epoch linear probe is scored on; 0 = off."})
     register_as: str = field(default="", metadata={"help": "Register the encoder under this model name."})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.image_scale not in ("log", "linear"):
+            raise ValueError(f"image_scale must be 'log' or 'linear', got {self.image_scale!r}")
+
+    def display_name(self) -> str:
+        """A run name a person can read in the MLflow UI: arm, variant, the settings that matter."""
+        depth = f"-depth{self.depth}" if self.depth else ""
+        return f"pretrain-{self.variant}{depth}-mask{self.mask_ratio:g}-lr{self.lr:g}-seed{self.seed}"
 
 
 @dataclass
@@ -83,6 +100,10 @@ class DownstreamConfig(CommonConfig):
         "help": "Layer-wise lr decay: block i of D trains at lr * layer_decay ** (D + 1 - i); 1 = off."})
     pool: str = field(default="mean", metadata={"help": "Token pooling for the head: 'mean' or 'cls'."})
     dropout: float = 0.0
+
+    def display_name(self) -> str:
+        """A run name a person can read in the MLflow UI: arm, variant, labels, seed."""
+        return f"{self.arm}-{self.variant}-labels{self.label_fraction:g}-lr{self.lr:g}-seed{self.seed}"
 
     @classmethod
     def for_arm(cls, arm: str, **overrides: Any) -> "DownstreamConfig":

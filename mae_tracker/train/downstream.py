@@ -17,11 +17,12 @@ from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.classifier import JetClassifier
-from mae_tracker.models.registry import EncoderConfig, build_encoder
+from mae_tracker.models.tagger import QuarkTagger
+from mae_tracker.models.variants import EncoderConfig, build_encoder
 from mae_tracker.train import loop, plots, tracking
 from mae_tracker.train.config import DownstreamConfig
+from mae_tracker.train.architecture import build_encoder_config
 from mae_tracker.train.data import RunData, prepare_data, subsample
-from mae_tracker.train.pretrain import build_encoder_config
 
 
 def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | None = None,
@@ -39,7 +40,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
     tags = {"arm": config.arm}
     if encoder_meta.get("pretrain_run_id"):
         tags["pretrain_run_id"] = encoder_meta["pretrain_run_id"]
-    with tracking.tracked_run(config.experiment, config.run_name, config.resume, tags=tags) as run:
+    with tracking.tracked_run(config.experiment, config.run_name or config.display_name(), config.resume, tags=tags) as run:
         run_id = run.info.run_id
         ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
         model = JetClassifier(encoder, linear_probe=config.arm == "probe", pool=config.pool,
@@ -77,8 +78,8 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             # Model selection on validation only, by log-loss: AUC alone can pick an early epoch
             # whose ranking is fine but whose scores all sit on one side of 0.5.
             if metrics["val_loss"] < best["val_loss"]:
-                best = {"val_loss": metrics["val_loss"], "epoch": epoch,
-                        "state": copy.deepcopy(model.state_dict())}
+                best = {"val_loss": metrics["val_loss"], "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
+                        "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
             loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                                  extra={"best": best})
             if callback is not None:
@@ -86,17 +87,24 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
 
         model.load_state_dict(best["state"])
         labels, scores = predict(model, data, data.splits["test"], preprocessor, config.batch_size, device)
-        final = {**_scores("test", labels, scores), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"]}
+        final = {**_scores("test", labels, scores), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+                 "best_val_auc": best["val_auc"], "best_val_acc": best["val_acc"]}
         mlflow.log_metrics(final)
         title = f"{config.arm}: test ROC AUC {final['test_auc']:.4f}"
-        tracking.log_figure(plots.roc_figure(labels, scores, title), "roc_curve.png")
+        tracking.log_table({"label": labels.astype(int), "score": scores}, "test_predictions.csv")
+        tracking.log_figure(plots.roc_figure({config.arm: (labels, scores)}, title), "roc_curve.png")
+        tracking.log_figure(plots.rejection_figure({config.arm: (labels, scores)}, title), "roc_rejection.png")
         tracking.log_figure(plots.score_histogram(labels, scores, title), "score_histogram.png")
-        example, _ = data.reader.read(data.splits["test"][:2])
-        tracking.log_torch_model(model, "classifier", preprocessor.transform(example).astype(np.float32),
+        # The logged model is the QuarkTagger: raw images as stored in the file (channels last,
+        # like E2E X_jets), preprocessing inside, P(quark) out; `.classifier` is the JetClassifier.
+        example, _ = data.reader.read(data.splits["test"][:2])  # (n, C, H, W) raw
+        tracking.log_torch_model(QuarkTagger(model, preprocessor), "classifier",
+                                 np.ascontiguousarray(example.transpose(0, 2, 3, 1), dtype=np.float32),
                                  {"encoder_config": model.encoder.config.to_dict(), "arm": config.arm,
                                   "preprocessing": preprocessor.to_dict(),
                                   "pretrain_run_id": encoder_meta.get("pretrain_run_id", ""),
-                                  "channel_names": list(data.info.channel_names)})
+                                  "channel_names": list(data.info.channel_names),
+                                  "input_layout": QuarkTagger.input_layout})
         ckpt.unlink(missing_ok=True)  # the logged classifier replaces it
     return {**metrics, **final, "run_id": run_id}
 

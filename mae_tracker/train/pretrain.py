@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import mlflow
@@ -12,29 +13,13 @@ from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.export import EncoderFeatures, MAEReconstruction
 from mae_tracker.models.mae import MAEConfig, build_mae
-from mae_tracker.models.registry import VARIANTS, encoder_config
 from mae_tracker.train import loop, plots, tracking
-from mae_tracker.train.config import CommonConfig, PretrainConfig
+from mae_tracker.train.architecture import build_mae_config
+from mae_tracker.train.config import PretrainConfig
 from mae_tracker.train.data import RunData, prepare_data
+from mae_tracker.train.monitor import ProbeMonitor
 
 EVAL_NOISE_SEED = 12345  # the same masks every epoch, so eval losses are comparable
-
-
-def build_encoder_config(config: CommonConfig, data: RunData) -> Any:
-    """Encoder architecture from the variant plus the config's non-zero overrides."""
-    overrides = {name: getattr(config, name) for name in ("depth", "embed_dim", "num_heads")
-                 if getattr(config, name)}
-    return encoder_config(config.variant, img_size=(data.info.height, data.info.width),
-                          in_chans=data.info.channels, patch_size=config.patch_size or None, **overrides)
-
-
-def _decoder_settings(config: PretrainConfig) -> dict[str, int]:
-    """The variant's decoder, with the config's non-zero overrides."""
-    settings = dict(VARIANTS[config.variant]["decoder"])
-    for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
-        if getattr(config, name):
-            settings[name] = getattr(config, name)
-    return settings
 
 
 def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
@@ -54,12 +39,11 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
         raise ValueError(f"pretrain split has {len(train_indices)} jets, fewer than one batch "
                          f"({config.batch_size}); use more data or a smaller --batch-size")
 
-    with tracking.tracked_run(config.experiment, config.run_name, config.resume,
+    with tracking.tracked_run(config.experiment, config.run_name or config.display_name(), config.resume,
                               tags={"arm": "pretrain"}) as run:
         run_id = run.info.run_id
         ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
-        mae_config = MAEConfig(encoder=build_encoder_config(config, data), norm_pix_loss=config.norm_pix_loss,
-                               **_decoder_settings(config))
+        mae_config = build_mae_config(config, data)
         model = build_mae(mae_config).to(device)
         optimizer = loop.make_optimizer(model, config.lr, config.weight_decay)
         steps_per_epoch = len(train_indices) // config.batch_size
@@ -80,6 +64,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
             mlflow.log_dict(mae_config.to_dict(), "mae_config.json")
             mlflow.log_dict(preprocessor.to_dict(), "preprocessing.json")
 
+        monitor = _probe_monitor(config, data, preprocessor)
         grid_train = _load(data, train_indices[:config.image_jets], preprocessor)
         grid_test = _load(data, test_indices[:config.image_jets], preprocessor)
         metrics: dict[str, float] = {}
@@ -92,11 +77,15 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
             metrics["train_eval_loss"] = _eval_loss(model, data, train_indices[:len(test_indices)],
                                                     preprocessor, config, device)
             metrics["test_loss"] = _eval_loss(model, data, test_indices, preprocessor, config, device)
+            if monitor is not None:
+                started = time.perf_counter()
+                metrics["val_probe_auc"] = monitor.auc(model.encoder, device)
+                metrics["val_probe_time_s"] = time.perf_counter() - started
             mlflow.log_metrics(metrics, step=epoch)
             last = epoch == config.epochs - 1
             if last or (config.image_every and epoch % config.image_every == 0):
                 for split, images in (("train", grid_train), ("test", grid_test)):
-                    _log_grid(model, images, data.info.channel_names, config.mask_ratio, device,
+                    _log_grid(model, images, data.info.channel_names, config, device,
                               f"reconstructions/{split}_epoch_{epoch:03d}.png",
                               f"{split} jets, epoch {epoch}, mask ratio {config.mask_ratio}")
             loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -111,6 +100,15 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
             mlflow.register_model(encoder_uri, config.register_as)
         ckpt.unlink(missing_ok=True)  # the logged models replace it
     return {**metrics, **final, "run_id": run_id, "encoder_uri": encoder_uri}
+
+
+def _probe_monitor(config: PretrainConfig, data: RunData, preprocessor: Preprocessor) -> ProbeMonitor | None:
+    """The online linear probe's fixed jets: the first labelled train-split and validation jets
+    of the (seeded) split, the same every epoch and for every run on the same split."""
+    if not (config.probe_train_jets and config.probe_val_jets):
+        return None
+    return ProbeMonitor(data.reader, data.splits["train"][:config.probe_train_jets],
+                        data.splits["val"][:config.probe_val_jets], preprocessor)
 
 
 def _load(data: RunData, indices: np.ndarray, preprocessor: Preprocessor) -> torch.Tensor:
@@ -135,14 +133,15 @@ def _eval_loss(model: torch.nn.Module, data: RunData, indices: np.ndarray, prepr
 
 
 @torch.no_grad()
-def _log_grid(model: torch.nn.Module, images: torch.Tensor, channel_names: Any, mask_ratio: float,
+def _log_grid(model: torch.nn.Module, images: torch.Tensor, channel_names: Any, config: PretrainConfig,
               device: torch.device, artifact_file: str, title: str) -> None:
     model.eval()
+    mask_ratio = config.mask_ratio
     noise = torch.rand(len(images), model.encoder.num_patches,
                        generator=torch.Generator().manual_seed(EVAL_NOISE_SEED))
     reconstruction, pixel_mask = model.reconstruct(images.to(device), mask_ratio, noise=noise.to(device))
     fig = plots.reconstruction_grid(images.numpy(), pixel_mask.cpu().numpy(), reconstruction.cpu().numpy(),
-                                    channel_names, title)
+                                    channel_names, title, scale=config.image_scale)
     tracking.log_figure(fig, artifact_file)
 
 

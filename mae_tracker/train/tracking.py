@@ -39,6 +39,39 @@ def configure_tracking() -> str:
     return uri
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+# MLflow 3's UI opens an experiment in its GenAI view (traces, prompts) unless it is tagged as
+# model training; a physicist should land on runs, metrics, images and models.
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def ensure_experiment(name: str) -> str:
+    """Id of the experiment ``name``, created if missing and tagged as model training.
+
+    With a SQLite store MLflow would put a new experiment's artifacts under ``./mlruns`` of
+    whatever directory the command runs in; we put them beside the database instead, so the
+    results stay together wherever a command is started. A server store keeps its own
+    (proxied) artifact location.
+    """
+    uri = configure_tracking()
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel worker
+            experiment_id = client.get_experiment_by_name(name).experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) == MODEL_TRAINING_KIND:
+            return experiment_id
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return experiment_id
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
@@ -70,23 +103,37 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
                 tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume) a run and always close it with an honest status.
 
-    Under ``mlflow run`` the launcher has already created the run (MLFLOW_RUN_ID), and we
-    join it. Errors end the run FAILED, Ctrl-C ends it KILLED, so no run stays RUNNING.
+    If a run is active in this thread (a sweep trial, a label-efficiency study), the arm's
+    run is nested under it, in the same experiment. Under ``mlflow run`` the launcher has
+    already created the run (MLFLOW_RUN_ID), and we join it. Errors end the run FAILED;
+    Ctrl-C, and a pruned sweep trial, end it KILLED: no run stays RUNNING, and none that
+    stopped early looks finished.
     """
+    import optuna
+
     configure_tracking()
+    active = mlflow.active_run()
     if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id)
-    elif os.environ.get("MLFLOW_RUN_ID"):
+        run = mlflow.start_run(run_id=resume_run_id, nested=active is not None)
+    elif active is not None:
+        run = mlflow.start_run(experiment_id=active.info.experiment_id, run_name=run_name or None, nested=True)
+    elif os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` names its runs at random: give ours
         run = mlflow.start_run()
+        if run_name:
+            mlflow.set_tag("mlflow.runName", run_name)
+        mlflow.MlflowClient().set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     else:
-        mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name=run_name or None)
+        run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name or None)
     try:
         if tags:
             mlflow.set_tags(tags)
         yield run
     except KeyboardInterrupt:
         mlflow.set_tag("end_reason", "interrupted (Ctrl-C); resume with --resume " + run.info.run_id)
+        mlflow.end_run(status="KILLED")
+        raise
+    except optuna.TrialPruned:
+        mlflow.set_tag("end_reason", "pruned")
         mlflow.end_run(status="KILLED")
         raise
     except BaseException as err:
@@ -173,6 +220,16 @@ def log_figure(fig: Any, artifact_file: str) -> None:
 
     mlflow.log_figure(fig, artifact_file)
     plt.close(fig)
+
+
+def log_table(columns: dict[str, Any], artifact_file: str) -> None:
+    """Log equal-length columns as a CSV artifact (readable by pandas and by a person)."""
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        pd.DataFrame(columns).to_csv(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent).strip(".") or None)
 
 
 def log_torch_model(model: Any, name: str, input_example: Any, metadata: dict[str, Any]) -> str:
