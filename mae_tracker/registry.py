@@ -28,6 +28,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from mae_tracker.models.tagger import INPUT_LAYOUT
 from mae_tracker.train.tracking import configure_tracking
 
 CHAMPION = "champion"
@@ -89,6 +90,11 @@ def promote(run_id: str, *, metric: str | None = None, value: float | None = Non
     metadata = dict(mlflow.models.get_model_info(f"models:/{model_id}").metadata or {})
     if "encoder_config" not in metadata:
         raise ValueError(f"run {run_id}: model {model!r} has no encoder_config metadata (not logged by mae-tracker)")
+    if model == "classifier" and metadata.get("input_layout") != INPUT_LAYOUT:
+        # Older runs logged the bare JetClassifier (preprocessed NCHW input): registering it
+        # would put two input conventions behind one family name.
+        raise ValueError(f"run {run_id}: its classifier predates the raw-image tagger format "
+                         f"(input_layout {metadata.get('input_layout')!r}, expected {INPUT_LAYOUT!r}); retrain it")
     metric = metric or DEFAULT_METRIC[model]
     value = _metric_value(run, metric, value)
 

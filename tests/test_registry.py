@@ -58,7 +58,8 @@ def empty_families(registry_store):
 
 @pytest.fixture(scope="module")
 def pretrained(jets_file):
-    return pretrain(PretrainConfig(data=str(jets_file), epochs=2, **SMALL, **TINY_PRETRAIN), progress=False)
+    return pretrain(PretrainConfig(data=str(jets_file), epochs=2, max_jets=160, **SMALL, **TINY_PRETRAIN),
+                    progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +202,17 @@ def test_champion_alias_feeds_finetune_and_the_tagger_predicts_on_raw_images(pre
                                                              artifact_path="test_predictions.csv"))
     order = np.argsort(test_jets)
     np.testing.assert_allclose(probabilities, stored["score"].to_numpy()[order], rtol=1e-5, atol=1e-6)
+
+
+def test_comparison_needs_the_same_split_and_respects_the_goal():
+    base = {"metric": "recon_loss", "goal": "minimize", "metric_value": "0.30", "data_sha256": "ab" * 32,
+            "split_seed": "0", "pretrain_fraction": "0.5", "train_fraction": "0.3", "val_fraction": "0.1",
+            "test_fraction": "0.1", "eval_protocol": ""}
+    wins, reason = registry._compare({**base, "metric_value": "0.20"}, base, "1")
+    assert wins and "better by 0.1" in reason  # lower loss wins
+    wins, reason = registry._compare({**base, "metric_value": "0.40"}, base, "1")
+    assert not wins and "worse than champion v1 by 0.1" in reason
+    wins, reason = registry._compare(dict(base), base, "1")
+    assert not wins and "ties" in reason  # the incumbent keeps a tie
+    wins, reason = registry._compare({**base, "split_seed": "1", "metric_value": "0.01"}, base, "1")
+    assert not wins and "different split" in reason and "cannot compare" in reason
