@@ -212,7 +212,7 @@ def _version_tags(client: MlflowClient, run: Run, model: str, metadata: dict[str
             mask_ratio = ""
     protocol = ""
     if metric == "val_probe_auc":  # its validation subset and label count are settings of the run
-        protocol = f"probe_train_jets={params.get('probe_train_jets', '')};probe_val_jets={params.get('probe_val_jets', '')}"
+        protocol = ";".join(f"{key}={params.get(key, '')}" for key in ("probe_train_jets", "probe_val_jets"))
     tags = {
         "metric": metric, "metric_value": repr(value), "goal": goal, "eval_protocol": protocol,
         "model": model, "arm": run_tags.get("arm", ""), "encoder_kind": encoder["kind"],

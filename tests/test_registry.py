@@ -90,11 +90,13 @@ def test_first_candidate_becomes_champion_with_family_tags_and_description(pretr
     assert aliases(ENCODERS) == {"champion": result.version}
     tags = version_tags(ENCODERS, result.version)
     assert tags["metric"] == "val_probe_auc" and tags["goal"] == "maximize"
-    assert float(tags["metric_value"]) == mlflow.get_run(run_id).data.metrics["val_probe_auc"] == pretrained["val_probe_auc"]
+    logged = mlflow.get_run(run_id).data.metrics["val_probe_auc"]
+    assert float(tags["metric_value"]) == logged == pretrained["val_probe_auc"]
     assert tags["data_sha256"] == file_digest(jets_file)
     assert (tags["split_seed"], tags["train_fraction"], tags["val_fraction"]) == ("0", "0.4", "0.1")
     assert (tags["mask_ratio"], tags["lr"], tags["depth"]) == ("0.75", "0.002", "4")
     assert tags["source_run_id"] == run_id and tags["study"] == "" and tags["trial"] == ""
+    assert tags["eval_protocol"] == "probe_train_jets=200;probe_val_jets=100"  # part of "same validation data"
     version = mlflow.MlflowClient().get_model_version(ENCODERS, result.version)
     assert version.run_id == run_id and run_id in version.description
     # the alias resolves to the pretrain run's encoder
