@@ -6,7 +6,9 @@ with the parent's id skips the children that finished and reruns the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_ARMS = ("finetune", "probe", "scratch")
 KIND = "label-efficiency"
+PLAN_TAG = "label_efficiency_plan"  # JSON: encoder_uri, fractions, seeds, arms, overrides
 # Set by the study itself; everything else in DownstreamConfig may be overridden.
 RESERVED = ("arm", "encoder_uri", "label_fraction", "seed", "resume", "run_name", "experiment")
 # Taken from the encoder's pretrain run unless overridden: the downstream arms must use the
@@ -63,6 +66,9 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
     bad = sorted(set(plan["overrides"]) & set(RESERVED))
     if bad:
         raise ValueError(f"overrides may not set {bad}: the study sets them per child run")
+    unknown = sorted(set(plan["overrides"]) - {f.name for f in dataclasses.fields(DownstreamConfig)})
+    if unknown:
+        raise ValueError(f"unknown DownstreamConfig fields in overrides: {unknown}")
     settings, pretrain_run_id = _with_pretrain_split(client, plan["encoder_uri"], plan["overrides"])
     configs = {(arm, fraction, seed): DownstreamConfig.for_arm(
                    arm, encoder_uri=plan["encoder_uri"], label_fraction=fraction, seed=seed, experiment=experiment,
@@ -138,10 +144,7 @@ def _stored_plan(client: mlflow.MlflowClient, parent_id: str, requested: dict[st
         raise ValueError(f"cannot resume label-efficiency run {parent_id!r}: {str(err).splitlines()[0]}") from err
     if parent.data.tags.get("kind") != KIND:
         raise ValueError(f"run {parent_id} is not a label-efficiency parent run (no tag kind={KIND})")
-    params = parent.data.params
-    plan = {"encoder_uri": params["encoder_uri"], "fractions": json.loads(params["fractions"]),
-            "seeds": json.loads(params["seeds"]), "arms": json.loads(params["arms"]),
-            "overrides": json.loads(params["overrides"])}
+    plan = json.loads(parent.data.tags[PLAN_TAG])
     for key, value in requested.items():
         if value is not None and value != plan[key]:
             raise ValueError(f"run {parent_id} was started with {key}={plan[key]!r}, not {value!r}; "
@@ -191,13 +194,18 @@ def _start_parent(client: mlflow.MlflowClient, resume: str, experiment: str, pla
                   pretrain_run_id: str) -> mlflow.ActiveRun:
     if resume:
         return mlflow.start_run(run_id=resume)
-    experiment_id = tracking.ensure_experiment(experiment)
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=f"label-efficiency-{time.strftime('%Y%m%d-%H%M%S')}",
-                           tags={"kind": KIND, "encoder_uri": plan["encoder_uri"],
-                                 "pretrain_run_id": pretrain_run_id})
-    mlflow.log_params({"encoder_uri": plan["encoder_uri"], "fractions": json.dumps(plan["fractions"]),
-                       "seeds": json.dumps(plan["seeds"]), "arms": json.dumps(plan["arms"]),
-                       "overrides": json.dumps(plan["overrides"], sort_keys=True)})
+    if os.environ.get("MLFLOW_RUN_ID"):  # started by `mlflow run`: the launcher's run is the parent
+        run = mlflow.start_run()
+    else:
+        run = mlflow.start_run(experiment_id=tracking.ensure_experiment(experiment),
+                               run_name=f"label-efficiency-{time.strftime('%Y%m%d-%H%M%S')}")
+    # The plan is a tag (resume reads it back); params show it in the UI. `mlflow run -P` may
+    # have logged some of these keys already, in its own spelling: those are left as they are.
+    mlflow.set_tags({"kind": KIND, "encoder_uri": plan["encoder_uri"], "pretrain_run_id": pretrain_run_id,
+                     PLAN_TAG: json.dumps(plan, sort_keys=True)})
+    tracking.log_params_once({"encoder_uri": plan["encoder_uri"], "fractions": json.dumps(plan["fractions"]),
+                              "seeds": json.dumps(plan["seeds"]), "arms": json.dumps(plan["arms"]),
+                              "overrides": json.dumps(plan["overrides"], sort_keys=True)})
     return run
 
 
