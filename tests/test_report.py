@@ -163,3 +163,39 @@ def test_experiment_report_excludes_failed_runs_and_logs_to_a_report_run(le_stud
 def test_unknown_source_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="neither an MLflow experiment name nor a run id"):
         build_report("no-such-experiment", tmp_path, log_to_mlflow=False)
+
+
+def test_sweep_parent_report_reads_arm_runs_nested_under_trials(tmp_path):
+    """A sweep parent -> trial -> arm runs hierarchy (written directly, no training): the report
+    finds the nested runs, joins the mask ratio and logs itself to the sweep parent."""
+    from mae_tracker.train.tracking import ensure_experiment
+
+    client = mlflow.MlflowClient()
+    experiment_id = ensure_experiment("test-report-sweep")
+    parent = client.create_run(experiment_id, run_name="sweep", tags={"sweep_study": "quick"}).info.run_id
+    trial = client.create_run(experiment_id, run_name="trial-0", tags={"mlflow.parentRunId": parent}).info.run_id
+    pre = client.create_run(experiment_id, tags={"mlflow.parentRunId": trial, "arm": "pretrain"}).info.run_id
+    for key, value in {"variant": "vit-nano", "depth": "2", "mask_ratio": "0.6", "epochs": "3"}.items():
+        client.log_param(pre, key, value)
+    client.log_metric(pre, "train_eval_loss", 0.5, step=0)
+    client.log_metric(pre, "train_eval_loss", 0.25, step=1)  # the final (latest step) value is reported
+    client.log_metric(pre, "test_loss", 0.3, step=1)
+    probe = client.create_run(experiment_id, tags={"mlflow.parentRunId": trial, "arm": "probe",
+                                                   "pretrain_run_id": pre}).info.run_id
+    client.log_param(probe, "labelled_jets", "300")
+    client.log_metric(probe, "test_auc", 0.81234)
+    client.log_metric(probe, "test_acc", 0.7)
+    for run_id in (pre, probe, trial, parent):
+        client.set_terminated(run_id, "FINISHED")
+
+    paths = build_report(parent, tmp_path)
+    tables = html_tables(paths.html)
+    (row,) = tables["Linear probing"]
+    assert (row["Run"], row["AUC"], row["Accuracy"], row["Mask ratio"]) == (probe, "0.8123", "0.7000", "0.60")
+    assert row["Model"] == "vit-nano (vit, depth 2, dim 64)" and row["Labelled jets"] == "300"
+    (recon,) = tables["Reconstruction loss (pretraining)"]
+    assert (recon["Run"], recon["Train loss"], recon["Test loss"]) == (pre, "0.2500", "0.3000")
+    assert "sweep parent run" in paths.markdown.read_text()
+    assert "test_predictions.csv" in paths.markdown.read_text()  # said why there is no ROC figure
+    assert paths.logged_to == parent
+    assert "report/report.html" in {a.path for a in client.list_artifacts(parent, "report")}
