@@ -212,6 +212,7 @@ BAD_SPECS = {
                          "parameters.lr.distribution: 'gaussian' is not allowed"),
     "not a config field": ({"parameters": {"mask": {"values": [0.5]}}}, "not a searchable PretrainConfig field"),
     "grid of ranges": ({"method": "grid"}, "method grid needs every parameter as a list"),
+    "missing data": ({"fixed": {"data": "/nonexistent/jets.h5"}}, "fixed.data: no such file"),
 }
 
 
@@ -264,6 +265,11 @@ def test_spec_details(tmp_path, jets_file):
     path = write_spec(tmp_path, jets_file, "details", parameters={"lr": {"distribution": "log_uniform",
                                                                           "min": "3e-4", "max": "3e-3"}})
     assert load_spec(path).parameters["lr"].low == pytest.approx(3e-4)  # YAML reads 3e-4 as a string
+    path = write_spec(tmp_path, jets_file, "details", parameters={"decoder_depth": [1, 2, 3],
+                                                                  "embed_dim": {"distribution": "int", "min": 32,
+                                                                                "max": 128, "log": True}})
+    parameters = load_spec(path).parameters
+    assert parameters["decoder_depth"].values == (1, 2, 3) and parameters["embed_dim"].log
     with pytest.raises(SweepSpecError, match="objective probe"):
         load_spec(write_spec(tmp_path, jets_file, "details", metric={"name": "train_eval_loss"}))
 

@@ -33,11 +33,14 @@ def main(config: Path, **options: object) -> None:
     Rerunning the same command continues the study to its number of trials.
     """
     from mae_tracker.data.errors import DataError
-    from mae_tracker.sweep.runner import run_sweep
+    from mae_tracker.sweep.spec import load_spec
 
     if options["progress"] is None:  # bars of several workers would overwrite each other
         options["progress"] = sys.stderr.isatty() and options["n_workers"] == 1
     try:
+        load_spec(config)  # a typo is reported before MLflow, Optuna and torch are even imported
+        from mae_tracker.sweep.runner import run_sweep
+
         run_sweep(config, **options)
     except (ValueError, FileNotFoundError, DataError) as err:  # SweepSpecError is a ValueError
         if os.environ.get("MAE_TRACKER_DEBUG"):

@@ -107,4 +107,5 @@ def _space_text(p: ParamSpec) -> str:
     if p.distribution == "categorical":
         return f"categorical{list(p.values)}"
     step = f" step {p.step}" if p.step else ""
-    return f"{p.distribution}[{p.low}, {p.high}]{step}"
+    log = " log" if p.log and p.distribution != "log_uniform" else ""
+    return f"{p.distribution}[{p.low}, {p.high}]{step}{log}"

@@ -78,13 +78,15 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
                    progress=progress, pruner=pruner, echo=echo)
         return summarize(study, spec, url, parent_id)
 
+    # The data is checked (and the default dataset generated) before the study exists: a
+    # missing file must not turn into n_trials failed trials, nor N workers generating it.
+    _check_data(spec, progress)
     storage_obj = _storage(spec, url)
     study = optuna.create_study(study_name=spec.name, storage=storage_obj, load_if_exists=True,
                                 direction=spec.goal)
     if study.direction.name.lower() != spec.goal:
         raise ValueError(f"study {spec.name!r} in {mask_password(url)} {study.direction.name.lower()}s; "
                          f"the YAML says {spec.goal} (use another name)")
-    _ensure_data(spec, progress)  # generate the default data once, not once per worker
     parent_id = parent_run.open_parent(study, spec, url)
     echo(f"sweep {spec.name}: {spec.n_trials} trials ({spec.method}, pruner {spec.pruner}, objective "
          f"{spec.objective}) in {mask_password(url)}; MLflow parent run {parent_id}")
@@ -112,11 +114,14 @@ def _load_study(spec: SweepSpec, url: str, storage: optuna.storages.BaseStorage)
                          ) from None
 
 
-def _ensure_data(spec: SweepSpec, progress: bool) -> None:
-    if not spec.fixed.get("data"):
-        from mae_tracker.data.default import default_dataset
+def _check_data(spec: SweepSpec, progress: bool) -> None:
+    from mae_tracker.train.config import PretrainConfig
+    from mae_tracker.train.data import prepare_data
 
-        default_dataset(progress=progress)
+    data = spec.fixed.get("data")
+    if data and not Path(data).is_file():
+        raise FileNotFoundError(f"{spec.path}: fixed.data: no such file {data!r}")
+    prepare_data(PretrainConfig(**spec.fixed), progress=progress)  # DataError on a bad file
 
 
 def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from mae_tracker.sweep.checks import (Fail, SweepSpecError, check_keys, check_type, choice, config_fields, integer,
+                                      mapping, number)
 from mae_tracker.train.config import DownstreamConfig, PretrainConfig
 
 METHODS = ("tpe", "random", "grid")
@@ -53,10 +55,6 @@ FROM_PRETRAIN = ("data", "split_seed", "pretrain_fraction", "train_fraction", "v
 NOT_SEARCHABLE = SWEEP_OWNED + ("data", "device", "num_threads", "checkpoint_dir", "log_every_steps")
 
 
-class SweepSpecError(ValueError):
-    """A problem in a sweep YAML: one line, naming the file and the key."""
-
-
 @dataclass(frozen=True)
 class ParamSpec:
     """One searched PretrainConfig field."""
@@ -67,15 +65,16 @@ class ParamSpec:
     high: float | None = None
     step: float | None = None
     values: tuple[Any, ...] = ()
+    log: bool = False  # sample on a log scale (log_uniform, or int with `log: true`)
 
     def suggest(self, trial: Any) -> Any:
         """Ask an Optuna trial for this parameter's value."""
         if self.distribution == "categorical":
             return trial.suggest_categorical(self.name, list(self.values))
         if self.distribution == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1))
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step,
-                                   log=self.distribution == "log_uniform")
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1),
+                                     log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
 
 @dataclass(frozen=True)
@@ -140,32 +139,32 @@ def parse_spec(raw: Any, *, path: Path, text: str = "") -> SweepSpec:
 
     if not isinstance(raw, dict):
         raise SweepSpecError(f"{path}: the sweep file must be a mapping of keys ({', '.join(TOP_KEYS)})")
-    _check_keys(raw, TOP_KEYS, "", fail)
+    check_keys(raw, TOP_KEYS, "", fail)
 
-    method = _choice(raw.get("method", "tpe"), METHODS, "method", fail)
-    objective = _choice(raw.get("objective", "probe"), OBJECTIVES, "objective", fail)
+    method = choice(raw.get("method", "tpe"), METHODS, "method", fail)
+    objective = choice(raw.get("objective", "probe"), OBJECTIVES, "objective", fail)
     metric, goal = _metric(raw.get("metric"), objective, fail)
     pruner, pruner_options = _pruner(raw.get("pruner", "none"), fail)
-    parameters = {name: _param(name, value, fail) for name, value in _mapping(raw, "parameters", fail).items()}
+    parameters = {name: _param(name, value, fail) for name, value in mapping(raw, "parameters", fail).items()}
     if not parameters:
         raise fail("parameters", "at least one searched parameter is required")
     if method == "grid":
         for name, p in parameters.items():
             if p.distribution != "categorical":
                 raise fail(f"parameters.{name}", "method grid needs every parameter as a list of `values`")
-    fixed = _config_fields(_mapping(raw, "fixed", fail), PretrainConfig, SWEEP_OWNED, "fixed", fail)
+    fixed = config_fields(mapping(raw, "fixed", fail), PretrainConfig, SWEEP_OWNED, "fixed", fail)
     overlap = sorted(set(fixed) & set(parameters))
     if overlap:
         raise fail(f"fixed.{overlap[0]}", "is also a searched parameter; keep it in one place")
-    downstream = _config_fields(_mapping(raw, "downstream", fail), DownstreamConfig,
+    downstream = config_fields(mapping(raw, "downstream", fail), DownstreamConfig,
                                 SWEEP_OWNED + FROM_PRETRAIN + ("arm", "encoder_uri"), "downstream", fail)
 
     grid_size = math.prod(len(p.values) for p in parameters.values()) if method == "grid" else 0
-    n_trials = _int(raw.get("n_trials", grid_size or None), "n_trials", fail, minimum=1)
-    heartbeat = _mapping(raw, "heartbeat", fail)
-    _check_keys(heartbeat, HEARTBEAT_KEYS, "heartbeat.", fail)
-    interval = _int(heartbeat.get("interval", 30), "heartbeat.interval", fail, minimum=1)
-    grace = _int(heartbeat.get("grace_period", 4 * interval), "heartbeat.grace_period", fail, minimum=1)
+    n_trials = integer(raw.get("n_trials", grid_size or None), "n_trials", fail, minimum=1)
+    heartbeat = mapping(raw, "heartbeat", fail)
+    check_keys(heartbeat, HEARTBEAT_KEYS, "heartbeat.", fail)
+    interval = integer(heartbeat.get("interval", 30), "heartbeat.interval", fail, minimum=1)
+    grace = integer(heartbeat.get("grace_period", 4 * interval), "heartbeat.grace_period", fail, minimum=1)
     if grace <= interval:
         raise fail("heartbeat.grace_period", f"must be longer than heartbeat.interval ({interval} s)")
     promote = raw.get("promote", True)
@@ -179,55 +178,18 @@ def parse_spec(raw: Any, *, path: Path, text: str = "") -> SweepSpec:
         raise fail("experiment", "must be a non-empty string (the MLflow experiment)")
     return SweepSpec(
         path=path, text=text, name=name.strip(), experiment=experiment.strip(), method=method,
-        seed=_int(raw.get("seed", 0), "seed", fail, minimum=0), metric=metric, goal=goal,
+        seed=integer(raw.get("seed", 0), "seed", fail, minimum=0), metric=metric, goal=goal,
         objective=objective, n_trials=n_trials, pruner=pruner, pruner_options=pruner_options,
         parameters=parameters, fixed=fixed, downstream=downstream, promote=promote,
         heartbeat_interval=interval, grace_period=grace,
-        max_retry=_int(heartbeat.get("max_retry", 1), "heartbeat.max_retry", fail, minimum=0),
+        max_retry=integer(heartbeat.get("max_retry", 1), "heartbeat.max_retry", fail, minimum=0),
         description=str(raw.get("description", "")),
     )
 
 
-# --- helpers: each raises one line through `fail(key, message)` --------------------------------
+# --- sections that need more than a generic check --------------------------------------------
 
-def _check_keys(mapping: dict[str, Any], allowed: tuple[str, ...], prefix: str, fail: Any) -> None:
-    for key in mapping:
-        if key not in allowed:
-            raise fail(f"{prefix}{key}", f"unknown key; allowed: {', '.join(allowed)}")
-
-
-def _mapping(raw: dict[str, Any], key: str, fail: Any) -> dict[str, Any]:
-    value = raw.get(key) or {}
-    if not isinstance(value, dict):
-        raise fail(key, f"must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _choice(value: Any, allowed: tuple[str, ...], key: str, fail: Any) -> str:
-    if value not in allowed:
-        raise fail(key, f"{value!r} is not allowed; use one of {', '.join(allowed)}")
-    return value
-
-
-def _number(value: Any, key: str, fail: Any) -> float:
-    # PyYAML reads `3e-4` (no dot) as a string; accept what is clearly a number.
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise fail(key, f"must be a finite number, got {value!r}")
-    return value
-
-
-def _int(value: Any, key: str, fail: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise fail(key, f"must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _metric(raw: Any, objective: str, fail: Any) -> tuple[str, str]:
+def _metric(raw: Any, objective: str, fail: Fail) -> tuple[str, str]:
     allowed = OBJECTIVE_METRICS[objective]
     if raw is None:
         raw = {}
@@ -235,7 +197,7 @@ def _metric(raw: Any, objective: str, fail: Any) -> tuple[str, str]:
         raw = {"name": raw}
     if not isinstance(raw, dict):
         raise fail("metric", "must be a mapping {name: ..., goal: maximize|minimize}")
-    _check_keys(raw, ("name", "goal"), "metric.", fail)
+    check_keys(raw, ("name", "goal"), "metric.", fail)
     name = raw.get("name", next(iter(allowed)))
     if name not in allowed:
         raise fail("metric.name", f"{name!r} is not scored by objective {objective}; use one of {', '.join(allowed)}")
@@ -247,25 +209,25 @@ def _metric(raw: Any, objective: str, fail: Any) -> tuple[str, str]:
     return name, goal
 
 
-def _pruner(raw: Any, fail: Any) -> tuple[str, dict[str, Any]]:
+def _pruner(raw: Any, fail: Fail) -> tuple[str, dict[str, Any]]:
     if raw is None or isinstance(raw, str):
         raw = {"type": raw or "none"}
     if not isinstance(raw, dict):
         raise fail("pruner", "must be a mapping {type: median|hyperband|threshold|none, ...}")
-    kind = _choice(raw.get("type", "none"), tuple(PRUNERS), "pruner.type", fail)
+    kind = choice(raw.get("type", "none"), tuple(PRUNERS), "pruner.type", fail)
     options = {k: v for k, v in raw.items() if k != "type"}
-    _check_keys(options, PRUNERS[kind], "pruner.", fail)
+    check_keys(options, PRUNERS[kind], "pruner.", fail)
     for key, value in options.items():
         if key in ("lower", "upper"):
-            options[key] = float(_number(value, f"pruner.{key}", fail))
+            options[key] = float(number(value, f"pruner.{key}", fail))
         elif not (key == "max_resource" and value == "auto"):
-            options[key] = _int(value, f"pruner.{key}", fail, minimum=1 if key != "n_warmup_steps" else 0)
+            options[key] = integer(value, f"pruner.{key}", fail, minimum=1 if key != "n_warmup_steps" else 0)
     if kind == "threshold" and not {"lower", "upper"} & set(options):
         raise fail("pruner", "type threshold needs `lower` and/or `upper`")
     return kind, options
 
 
-def _param(name: str, raw: Any, fail: Any) -> ParamSpec:
+def _param(name: str, raw: Any, fail: Fail) -> ParamSpec:
     key = f"parameters.{name}"
     fields = {f.name: f.type for f in dataclasses.fields(PretrainConfig)}
     if name not in fields or name in NOT_SEARCHABLE:
@@ -275,7 +237,7 @@ def _param(name: str, raw: Any, fail: Any) -> ParamSpec:
         raw = {"values": raw}
     if not isinstance(raw, dict):
         raise fail(key, "must be a mapping {distribution, min, max} or {values: [...]}")
-    _check_keys(raw, PARAM_KEYS, f"{key}.", fail)
+    check_keys(raw, PARAM_KEYS, f"{key}.", fail)
     dist = raw.get("distribution", "categorical" if "values" in raw else "uniform")
     dist = DISTRIBUTION_ALIASES.get(dist, dist)
     if dist not in DISTRIBUTIONS:
@@ -289,7 +251,7 @@ def _param(name: str, raw: Any, fail: Any) -> ParamSpec:
         if extra:
             raise fail(f"{key}.{extra[0]}", "does not apply to a list of values")
         for value in values:
-            _check_type(value, kind, f"{key}.values", fail)
+            check_type(value, kind, f"{key}.values", fail, field=name)
         if len(set(map(repr, values))) != len(values):
             raise fail(f"{key}.values", "contains duplicates")
         return ParamSpec(name, dist, values=tuple(values))
@@ -301,48 +263,22 @@ def _param(name: str, raw: Any, fail: Any) -> ParamSpec:
     for bound in ("min", "max"):
         if bound not in raw:
             raise fail(f"{key}.{bound}", f"is required for distribution {dist}")
-    low, high = _number(raw["min"], f"{key}.min", fail), _number(raw["max"], f"{key}.max", fail)
+    low, high = number(raw["min"], f"{key}.min", fail), number(raw["max"], f"{key}.max", fail)
     if low >= high:
         raise fail(key, f"empty range: min ({low}) must be < max ({high})")
-    if dist == "log_uniform" and low <= 0:
-        raise fail(f"{key}.min", f"must be > 0 for log_uniform, got {low}")
+    log = raw.get("log", dist == "log_uniform")
+    if not isinstance(log, bool) or (dist == "log_uniform" and not log):
+        raise fail(f"{key}.log", f"must be true or false (true for log_uniform), got {log!r}")
+    if log and low <= 0:
+        raise fail(f"{key}.min", f"must be > 0 on a log scale, got {low}")
     step = raw.get("step")
     if step is not None:
-        step = _number(step, f"{key}.step", fail)
-        if step <= 0 or dist == "log_uniform":
-            raise fail(f"{key}.step", "must be > 0 and is not allowed with log_uniform")
+        step = number(step, f"{key}.step", fail)
+        if step <= 0 or log:
+            raise fail(f"{key}.step", "must be > 0 and is not allowed on a log scale")
     if dist == "int":
         for bound, value in (("min", low), ("max", high), ("step", step)):
             if value is not None and float(value) != int(value):
                 raise fail(f"{key}.{bound}", f"must be an integer for distribution int, got {value}")
         low, high = int(low), int(high)
-    return ParamSpec(name, dist, low=low, high=high, step=step)
-
-
-def _check_type(value: Any, kind: str, key: str, fail: Any) -> None:
-    if key.split(".")[-1] == "variant" or key.endswith("variant.values"):
-        from mae_tracker.models.variants import VARIANTS
-
-        if value not in VARIANTS:
-            raise fail(key, f"unknown variant {value!r}; use one of {', '.join(VARIANTS)}")
-    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "bool": isinstance(value, bool),
-          "str": isinstance(value, str)}.get(kind, True)
-    if not ok:
-        raise fail(key, f"{value!r} is not a valid {kind}")
-
-
-def _config_fields(values: dict[str, Any], cls: type, reserved: tuple[str, ...], section: str,
-                   fail: Any) -> dict[str, Any]:
-    """Check a `fixed` / `downstream` section against the config dataclass's fields and types."""
-    fields = {f.name: f.type for f in dataclasses.fields(cls)}
-    for key, value in values.items():
-        if key not in fields or key in reserved:
-            allowed = ", ".join(n for n in fields if n not in reserved)
-            why = "is set by the sweep" if key in reserved else f"not a {cls.__name__} field"
-            raise fail(f"{section}.{key}", f"{why}; allowed: {allowed}")
-        if fields[key] == "float" and isinstance(value, str):
-            value = values[key] = _number(value, f"{section}.{key}", fail)
-        _check_type(value, fields[key], f"{section}.{key}", fail)
-    return dict(values)
+    return ParamSpec(name, dist, low=low, high=high, step=step, log=log)

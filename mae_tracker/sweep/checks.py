@@ -1,0 +1,82 @@
+"""Small validators for sweep YAML values; each raises one line through ``fail(key, message)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+
+class SweepSpecError(ValueError):
+    """A problem in a sweep YAML: one line, naming the file and the key."""
+
+
+Fail = Callable[[str, str], SweepSpecError]
+
+
+def check_keys(values: dict[str, Any], allowed: tuple[str, ...], prefix: str, fail: Fail) -> None:
+    for key in values:
+        if key not in allowed:
+            raise fail(f"{prefix}{key}", f"unknown key; allowed: {', '.join(allowed)}")
+
+
+def mapping(raw: dict[str, Any], key: str, fail: Fail) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise fail(key, f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def choice(value: Any, allowed: tuple[str, ...], key: str, fail: Fail) -> str:
+    if value not in allowed:
+        raise fail(key, f"{value!r} is not allowed; use one of {', '.join(allowed)}")
+    return value
+
+
+def number(value: Any, key: str, fail: Fail) -> float:
+    # PyYAML reads `3e-4` (no dot) as a string; accept what is clearly a number.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise fail(key, f"must be a finite number, got {value!r}")
+    return value
+
+
+def integer(value: Any, key: str, fail: Fail, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise fail(key, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_type(value: Any, kind: str, key: str, fail: Fail, field: str = "") -> None:
+    """``value`` must suit a config field of type ``kind``; a variant must exist (a typo would
+    otherwise surface as a failed trial minutes later)."""
+    if field == "variant":
+        from mae_tracker.models.variants import VARIANTS
+
+        if value not in VARIANTS:
+            raise fail(key, f"unknown variant {value!r}; use one of {', '.join(VARIANTS)}")
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "bool": isinstance(value, bool),
+          "str": isinstance(value, str)}.get(kind, True)
+    if not ok:
+        raise fail(key, f"{value!r} is not a valid {kind}")
+
+
+def config_fields(values: dict[str, Any], cls: type, reserved: tuple[str, ...], section: str,
+                  fail: Fail) -> dict[str, Any]:
+    """Check a `fixed` / `downstream` section against the config dataclass's fields and types."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields or key in reserved:
+            allowed = ", ".join(n for n in fields if n not in reserved)
+            why = "is set by the sweep" if key in reserved else f"not a {cls.__name__} field"
+            raise fail(f"{section}.{key}", f"{why}; allowed: {allowed}")
+        if fields[key] == "float" and isinstance(value, str):
+            value = values[key] = number(value, f"{section}.{key}", fail)
+        check_type(value, fields[key], f"{section}.{key}", fail, field=key)
+    return dict(values)
