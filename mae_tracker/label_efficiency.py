@@ -49,7 +49,7 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
 
     Raises ValueError before any run starts if a fraction leaves fewer labelled jets than one
     batch. Children that fail are reported and the others go on; the parent then ends FAILED
-    and a RuntimeError names them (rerun with ``resume``). Returns ``run_id`` (the parent),
+    and a TrainingFailed (RuntimeError) names them (rerun with ``resume``). Returns ``run_id`` (the parent),
     ``table`` (pandas: arm, label_fraction, labelled_jets, seed, test_auc, test_acc, run_id),
     ``trained`` and ``skipped`` (child counts of this call).
     """
@@ -110,7 +110,9 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
     if failures:
         mlflow.set_tag("end_reason", f"{len(failures)} child runs failed; resume with resume={parent_id}")
         mlflow.end_run(status="FAILED")
-        raise RuntimeError(f"{len(failures)} of {len(configs)} label-efficiency runs failed (rerun with "
+        from mae_tracker.train.loop import TrainingFailed  # a RuntimeError the CLI prints as one message
+
+        raise TrainingFailed(f"{len(failures)} of {len(configs)} label-efficiency runs failed (rerun with "
                            f"resume={parent_id} to retry them):\n  " + "\n  ".join(failures))
     mlflow.end_run(status="FINISHED")
     _say(progress, f"label efficiency: parent run {parent_id}, {trained} trained, {skipped} kept from before")

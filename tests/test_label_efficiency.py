@@ -105,3 +105,19 @@ def test_fraction_below_one_batch_fails_before_any_run(jets_file):
     with pytest.raises(ValueError):
         run_label_efficiency(encoder_uri, fractions=(0.01,), experiment="never-created", progress=False)
     assert client.get_experiment_by_name("never-created") is None
+
+
+def test_a_failing_child_fails_the_parent_and_names_the_resume_id(jets_file):
+    from mae_tracker.train.loop import TrainingFailed
+
+    encoder_uri = pretrained(jets_file)["encoder_uri"]
+    with pytest.raises(TrainingFailed, match=r"1 of 1 label-efficiency runs failed \(rerun with resume=(\w+)"):
+        # no such device: the child run starts, then fails moving the model
+        run_label_efficiency(encoder_uri, fractions=(1.0,), seeds=(0,), arms=("probe",),
+                             overrides={"device": "cuda:7"}, experiment="test-le-failing", progress=False)
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_experiment_by_name("test-le-failing").experiment_id
+    (parent,) = client.search_runs([experiment_id], "tags.kind = 'label-efficiency'")
+    assert parent.info.status == "FAILED" and parent.info.run_id in parent.data.tags["end_reason"]
+    (child,) = children(parent.info.run_id)
+    assert child.info.status == "FAILED"
