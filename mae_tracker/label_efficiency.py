@@ -78,9 +78,9 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
 
     parent = _start_parent(client, resume, experiment, plan, pretrain_run_id)
     parent_id = parent.info.run_id
-    done = _finished_children(client, parent.info.experiment_id, parent_id)
     trained, skipped, failures = 0, 0, []
     try:
+        done = _finished_children(client, parent.info.experiment_id, parent_id)
         for n, (key, config) in enumerate(configs.items(), 1):
             arm, fraction, seed = key
             label = f"[{n}/{len(configs)}] {arm:8s} fraction {fraction:g} ({jets[(fraction, seed)]} jets) seed {seed}"
@@ -114,6 +114,8 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
 
         raise TrainingFailed(f"{len(failures)} of {len(configs)} label-efficiency runs failed (rerun with "
                            f"resume={parent_id} to retry them):\n  " + "\n  ".join(failures))
+    if "end_reason" in client.get_run(parent_id).data.tags:  # left by an earlier, interrupted call
+        client.delete_tag(parent_id, "end_reason")
     mlflow.end_run(status="FINISHED")
     _say(progress, f"label efficiency: parent run {parent_id}, {trained} trained, {skipped} kept from before")
     return {"run_id": parent_id, "table": table, "trained": trained, "skipped": skipped}
