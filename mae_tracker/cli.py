@@ -222,6 +222,31 @@ def label_efficiency(encoder_uri: str, fractions: list | None, seeds: list | Non
 
 
 @main.command()
+@click.argument("encoder_uri")
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="HDF5 file for the latent vectors (written atomically).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_clean_errors
+def encode(encoder_uri: str, data: Path, out: Path, batch_size: int, progress: bool) -> None:
+    """Compress DATA (a jet file) into the latent vectors of ENCODER_URI (runs:/<id>/encoder or
+    models:/<name>@<alias>); prints the compression ratio and the MAE's reconstruction fidelity."""
+    from mae_tracker.encode import encode_file
+
+    figures = encode_file(encoder_uri, data, out, batch_size=batch_size, progress=progress)
+    click.echo(f"wrote {figures['out']}: {figures['n_jets']} jets x {figures['latent_dim']} floats")
+    click.echo(f"compression ratio {figures['compression_ratio_raw']:.1f}x raw, "
+               f"{figures['compression_ratio_stored']:.1f}x as stored (lzf)")
+    fidelity = figures.get("fidelity") or {}
+    if fidelity.get("recon_mse") is not None:
+        click.echo(f"reconstruction: mse {fidelity['recon_mse']:.3g} per pixel, channel totals off by "
+                   f"{fidelity['recon_total_rel_error']:.1%} (preprocessed units)")
+    else:
+        click.echo(f"reconstruction fidelity not measured: {fidelity.get('reason', 'no MAE')}")
+
+
+@main.command()
 @click.argument("source")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("report"),
               show_default=True, help="Folder for report.md, report.html and figures/.")

@@ -105,12 +105,13 @@ def rejection_figure(curves: Curves, title: str, signal: str = "quark", backgrou
     return fig
 
 
-def score_histogram(labels: np.ndarray, scores: np.ndarray, title: str) -> Figure:
+def score_histogram(labels: np.ndarray, scores: np.ndarray, title: str, signal: str = "quark",
+                    background: str = "gluon") -> Figure:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     bins = np.linspace(0.0, 1.0, 41)
-    ax.hist(scores[labels == 1], bins=bins, histtype="step", density=True, label="quark (y=1)")
-    ax.hist(scores[labels == 0], bins=bins, histtype="step", density=True, label="gluon (y=0)")
-    ax.set_xlabel("classifier score P(quark)")
+    ax.hist(scores[labels == 1], bins=bins, histtype="step", density=True, label=f"{signal} (y=1)")
+    ax.hist(scores[labels == 0], bins=bins, histtype="step", density=True, label=f"{background} (y=0)")
+    ax.set_xlabel(f"classifier score P({signal})")
     ax.set_ylabel("density")
     ax.set_title(title, fontsize=10)
     ax.legend()
