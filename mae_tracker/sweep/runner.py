@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -91,11 +92,12 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
     echo(f"sweep {spec.name}: {spec.n_trials} trials ({spec.method}, pruner {spec.pruner}, objective "
          f"{spec.objective}) in {mask_password(url)}; MLflow parent run {parent_id}")
     with parent_run.closing(parent_id):
-        if n_workers == 1:
-            run_trials(study, storage_obj, spec, parent_id, num_threads=num_threads, progress=progress, pruner=pruner,
-                       echo=echo)
-        else:
+        if n_workers > 1:
             _spawn_workers(spec, url, n_workers, progress)
+        # Alone, or after the workers: finish what is left (trials of workers that died, or
+        # still running on other machines), so the report below covers the whole study.
+        run_trials(study, storage_obj, spec, parent_id, num_threads=num_threads, progress=progress,
+                   pruner=pruner, wait=True, echo=echo)
         from mae_tracker.sweep.report import finish
 
         return finish(study, spec, url, parent_id, echo=echo)
@@ -159,10 +161,15 @@ def _remaining(study: optuna.Study, spec: SweepSpec, sampler: optuna.samplers.Ba
 
 
 def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, spec: SweepSpec, parent_id: str, *,
-               worker_index: int = 0,
-               num_threads: int = 0, progress: bool = False, pruner: optuna.pruners.BasePruner | None = None,
-               echo: Echo = _echo) -> None:
-    """Run trials in this process until the study has ``spec.n_trials`` finished trials."""
+               worker_index: int = 0, num_threads: int = 0, progress: bool = False,
+               pruner: optuna.pruners.BasePruner | None = None, wait: bool = False, echo: Echo = _echo) -> None:
+    """Run trials in this process until the study has ``spec.n_trials`` finished trials
+    (Optuna's MaxTrialsCallback counts only after a trial ends; counting running trials
+    before starting one keeps several workers from overshooting).
+
+    With ``wait``, also wait for trials running elsewhere: a live worker's trial finishes and
+    is reported; a dead one's heartbeat goes stale, it is failed, and its retry runs here.
+    """
     # A fresh process with the YAML's seed would draw the same parameters as the trials
     # already in the study (resume) or as the other workers; offset by both. A one-process
     # sweep from scratch still uses exactly the YAML's seed.
@@ -173,13 +180,21 @@ def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, spec: 
     experiment_id = tracking.ensure_experiment(spec.experiment)
     objective = Objective(TrialContext(spec, experiment_id, parent_id, progress=progress, num_threads=num_threads))
     on_finish = ProgressLine(spec, parent_id, echo)
-    failures = 0
+    failures, waited = 0, False
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # before counting: dead trials are not running
         if _remaining(study, spec, sampler) <= 0:
-            return
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not wait or not running:
+                return
+            if not waited:
+                echo(f"[{spec.name}] waiting for trial(s) {', '.join(str(t.number) for t in running)} running "
+                     f"elsewhere (a dead worker's trial is failed after the {spec.grace_period} s heartbeat grace)")
+            waited = True
+            time.sleep(spec.heartbeat_interval)
+            continue
         # A trial that raises (NaN loss, bad combination of settings) is marked FAIL and the
         # study goes on; a budget of n_trials failures stops a sweep that can only fail.
         if failures >= spec.n_trials:
