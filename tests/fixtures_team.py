@@ -129,7 +129,7 @@ def postgres() -> Iterator[Postgres]:
     try:
         yield Postgres("127.0.0.1", port, datadir, logfile)
     finally:
-        subprocess.run([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "stop"],
+        subprocess.run([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"],
                        capture_output=True, env=env, cwd=root, **demote)
         shutil.rmtree(root, ignore_errors=True)
 
@@ -161,7 +161,7 @@ def mlflow_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) 
     try:
         yield Server(team.url, root / "artifacts", log, backend, team)
     finally:
-        team.stop(timeout=5)
+        team.stop(timeout=3)
 
 
 @contextlib.contextmanager
