@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,3 +85,47 @@ def test_non_finite_loss_stops_training():
     with pytest.raises(loop.TrainingFailed, match="epoch 2, step 7"):
         loop.check_finite(torch.tensor(float("nan")), epoch=2, step=7)
     loop.check_finite(torch.tensor(0.5), epoch=0, step=0)
+
+
+class _Settings:
+    def __init__(self, **values):
+        self.__dict__.update(dict(batch_size=32, seed=1, log_every_steps=2, loader_workers=0, lr_scaling="none",
+                                  compile=False, bf16=True), **values)
+
+
+def _one_epoch(jets_file, lr: float = 1e-2, **settings) -> tuple[dict, torch.Tensor]:
+    from mae_tracker.data.jetfile import JetImageReader
+
+    reader = JetImageReader(jets_file)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3 * 32 * 32, 1)
+    optimizer = loop.make_optimizer(model, lr, 0.0)
+    scheduler = loop.warmup_cosine(optimizer, 1, 10)
+    config = _Settings(**settings)
+    metrics = loop.train_one_epoch(reader, np.arange(200), None, config, 0,
+                                   lambda x, y: (model(x.flatten(1)).squeeze(-1) - y.float()).pow(2).mean(),
+                                   optimizer, scheduler)
+    return metrics, model.weight.detach().clone()
+
+
+def test_epoch_with_background_loader_equals_the_plain_loop(jets_file):
+    plain, weights = _one_epoch(jets_file, loader_workers=0)
+    prefetched, prefetched_weights = _one_epoch(jets_file, loader_workers=2)
+    assert plain["train_loss"] == prefetched["train_loss"] and np.isfinite(plain["train_loss"])
+    assert torch.equal(weights, prefetched_weights)
+    assert plain["throughput_img_s"] > 0 and plain["epoch_time_s"] > 0
+
+
+def test_nan_is_caught_at_the_next_logging_point_without_a_per_step_sync(jets_file):
+    with pytest.raises(loop.TrainingFailed, match="loss became nan at epoch 0, by step"):
+        _one_epoch(jets_file, lr=1e30, log_every_steps=0)  # checked once, at the end of the epoch
+
+
+def test_fused_adamw_on_cpu_and_cuda_path_switches_stay_off_on_cpu():
+    model = classifier()
+    optimizer = loop.make_optimizer(model, 1e-3, 0.05)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    assert isinstance(loop.autocast(torch.device("cpu"), _Settings()), contextlib.nullcontext)
+    assert loop.for_training(model, _Settings(), torch.device("cpu")) is model
+    noise = loop.mask_noise(4, 64, torch.device("cpu"))
+    assert noise.shape == (4, 64)

@@ -186,6 +186,10 @@ class JetImageReader:
             _read_rows(dataset, rows, values)
         return values if inverse is None else values[inverse]
 
+    def clone(self) -> JetImageReader:
+        """A reader of the same file with its own HDF5 handle (one per loader worker)."""
+        return JetImageReader(self.info)
+
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
@@ -226,6 +230,10 @@ class InMemoryJetImages:
 
     def read_extra(self, key: str, indices: Any) -> np.ndarray:
         return self.reader.read_extra(key, indices)
+
+    def clone(self) -> InMemoryJetImages:
+        """Shared by loader workers: nothing to open, and copying would copy every image."""
+        return self
 
     def close(self) -> None:
         self.reader.close()
@@ -317,9 +325,14 @@ class BatchIterator:
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._next >= self.n_batches:
             raise StopIteration
-        start = self._next * self.batch_size
         self._next += 1
-        images, labels = self.reader.read(self.order[start:start + self.batch_size])
+        return self.batch(self._next - 1)
+
+    def batch(self, k: int, reader: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``k`` of this pass, read with ``reader`` (default: the iterator's own), so
+        background workers (mae_tracker.data.loader) can build any batch with their own handle."""
+        start = k * self.batch_size
+        images, labels = (reader or self.reader).read(self.order[start:start + self.batch_size])
         x = torch.from_numpy(images)
         if self.preprocessor is not None:
             x = self.preprocessor.transform(x)  # the torch path is the faster one on CPU

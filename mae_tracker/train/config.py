@@ -29,13 +29,23 @@ class CommonConfig:
     embed_dim: int = field(default=0, metadata={"help": "Encoder width override; 0 = the variant's."})
     num_heads: int = field(default=0, metadata={"help": "Attention heads override; 0 = the variant's."})
     epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = field(default=128, metadata={
+        "help": "Batch per process; under torchrun the global batch is batch_size x WORLD_SIZE."})
+    lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (see lr_scaling)."})
+    lr_scaling: str = field(default="none", metadata={
+        "help": "'none': lr as given; 'linear': the MAE rule, lr x global batch / 256."})
     weight_decay: float = 0.05
     warmup_epochs: float = field(default=1.0, metadata={"help": "Linear warm-up, then cosine decay to 0."})
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA if present), 'cpu' or 'cuda[:N]'."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 = torch's default."})
+    loader_workers: int = field(default=1, metadata={
+        "help": "Background threads reading + preprocessing the next batches; 0 = on the training thread. "
+                "Same batches in the same order either way."})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the training forward (worth it on GPUs; on CPU no gain, ~40 s first step)."})
+    bf16: bool = field(default=True, metadata={
+        "help": "bf16 autocast on CUDA GPUs that support it; never on CPU (13-18x slower there)."})
     log_every_steps: int = field(default=50, metadata={"help": "Step-level loss logging interval (batched)."})
     experiment: str = field(default="mae-tracker", metadata={"help": "MLflow experiment (ignored under `mlflow run`)."})
     run_name: str = ""

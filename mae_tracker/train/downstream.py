@@ -19,7 +19,7 @@ from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.classifier import JetClassifier
 from mae_tracker.models.tagger import QuarkTagger
 from mae_tracker.models.variants import EncoderConfig, build_encoder
-from mae_tracker.train import loop, plots, tracking
+from mae_tracker.train import distributed, loop, plots, tracking
 from mae_tracker.train.config import DownstreamConfig
 from mae_tracker.train.architecture import build_encoder_config
 from mae_tracker.train.data import RunData, prepare_data, subsample
@@ -28,25 +28,29 @@ from mae_tracker.train.data import RunData, prepare_data, subsample
 def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one downstream arm; returns final metrics plus ``run_id``."""
-    config = tracking.resumed_config(config)
-    data = prepare_data(config, progress=progress)
+    ctx = distributed.init(config.device)  # under torchrun: rank 0 alone talks to MLflow
+    progress = progress and ctx.is_main
+    config = distributed.on_main(tracking.resumed_config, config)
+    data = distributed.on_main(prepare_data, config, progress=progress)
     device = loop.start(config)
     train_indices = subsample(data.splits["train"], config.label_fraction, config.seed)
-    if len(train_indices) < config.batch_size:
+    if len(train_indices) < loop.global_batch_size(config):
         raise ValueError(f"labelled train split has {len(train_indices)} jets, fewer than one batch "
-                         f"({config.batch_size}); raise --label-fraction or lower --batch-size")
+                         f"({loop.global_batch_size(config)}); raise --label-fraction or lower --batch-size")
 
-    encoder, preprocessor, encoder_meta = _starting_encoder(config, data, train_indices, progress)
+    encoder, preprocessor, encoder_meta = distributed.on_main(_starting_encoder, config, data, train_indices,
+                                                              progress)
     tags = {"arm": config.arm}
     if encoder_meta.get("pretrain_run_id"):
         tags["pretrain_run_id"] = encoder_meta["pretrain_run_id"]
-    with tracking.tracked_run(config.experiment, config.run_name or config.display_name(), config.resume, tags=tags) as run:
-        run_id = run.info.run_id
+    with (tracking.tracked_run(config.experiment, config.run_name or config.display_name(), config.resume, tags=tags)
+          if ctx.is_main else distributed.FollowerRun()) as run:
+        run_id = distributed.broadcast_object(run.info.run_id)
         ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
         model = JetClassifier(encoder, linear_probe=config.arm == "probe", pool=config.pool,
                               dropout=config.dropout).to(device)
-        optimizer = loop.make_optimizer(model, config.lr, config.weight_decay, config.layer_decay)
-        steps_per_epoch = len(train_indices) // config.batch_size
+        optimizer = loop.make_optimizer(model, loop.peak_lr(config), config.weight_decay, config.layer_decay)
+        steps_per_epoch = loop.steps_per_epoch(len(train_indices), config)
         scheduler = loop.warmup_cosine(optimizer, int(config.warmup_epochs * steps_per_epoch),
                                        config.epochs * steps_per_epoch)
         best = {"val_loss": float("inf"), "epoch": -1, "state": None}
@@ -55,23 +59,28 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             state = loop.load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
             best = state["extra"]["best"]
             start_epoch = state["epoch"] + 1
-        else:
+        elif ctx.is_main:
             tracking.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
                                     {"train": len(train_indices), "val": len(data.splits["val"]),
                                      "test": len(data.splits["test"])})
             mlflow.log_params({"labelled_jets": len(train_indices),
-                               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+                               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                               **loop.scale_info(config)})
             mlflow.log_dict(model.encoder.config.to_dict(), "encoder_config.json")
             mlflow.log_dict(preprocessor.to_dict(), "preprocessing.json")
 
         loss_fn = torch.nn.BCEWithLogitsLoss()
+        train_model = loop.for_training(model, config, device)  # DDP / torch.compile; same weights
         metrics: dict[str, float] = {}
         for epoch in range(start_epoch, config.epochs):
             model.train()
             metrics = loop.train_one_epoch(
                 data.reader, train_indices, preprocessor, config, epoch,
-                lambda images, labels: loss_fn(model(images.to(device)), labels.to(device).float()),
-                optimizer, scheduler, progress=progress, desc=f"{config.arm} epoch {epoch}")
+                lambda images, labels: loss_fn(train_model(images).float(), labels.float()),
+                optimizer, scheduler, progress=progress, desc=f"{config.arm} epoch {epoch}", device=device)
+            if not ctx.is_main:  # validation, logging and checkpoints are rank 0's
+                distributed.barrier()
+                continue
             labels, scores = predict(model, data, data.splits["val"], preprocessor, config.batch_size, device)
             metrics.update(_scores("val", labels, scores))
             mlflow.log_metrics(metrics, step=epoch)
@@ -84,7 +93,10 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
                                  extra={"best": best})
             if callback is not None:
                 callback(epoch, metrics)
+            distributed.barrier()
 
+        if not ctx.is_main:
+            return distributed.broadcast_object(None)  # rank 0's result, once its run has ended
         model.load_state_dict(best["state"])
         labels, scores = predict(model, data, data.splits["test"], preprocessor, config.batch_size, device)
         final = {**_scores("test", labels, scores), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
@@ -106,7 +118,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
                                   "channel_names": list(data.info.channel_names),
                                   "input_layout": QuarkTagger.input_layout})
         ckpt.unlink(missing_ok=True)  # the logged classifier replaces it
-    return {**metrics, **final, "run_id": run_id}
+    return distributed.broadcast_object({**metrics, **final, "run_id": run_id})
 
 
 def _starting_encoder(config: DownstreamConfig, data: RunData, train_indices: np.ndarray,

@@ -1,7 +1,18 @@
-"""Pieces every arm shares: device, seeding, optimiser + schedule, checkpoints."""
+"""Pieces every arm shares: device, seeding, optimiser + schedule, checkpoints, the epoch loop.
+
+The same loop serves one CPU process, one GPU and a torchrun DDP job (see distributed.py):
+
+* CPU: fp32 (bf16 autocast is 13-18x slower there), fused AdamW, batches read + preprocessed by
+  background threads (data/loader.py) while the step runs;
+* CUDA: bf16 autocast where the GPU supports it, TF32 matmuls, fused AdamW, optional
+  torch.compile, pinned batches copied with non_blocking=True, and no host sync per step: the
+  loss is summed on the device and read back only at logging points (every
+  ``log_every_steps`` steps and at the end of the epoch), which is also where a NaN is caught.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -14,10 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from mae_tracker.data.jetfile import iterate_batches
+from mae_tracker.data.loader import prefetch
 from mae_tracker.paths import cache_dir
-
-
-
+from mae_tracker.train import distributed
 
 class TrainingFailed(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the run is marked FAILED."""
@@ -40,12 +50,77 @@ def seed_everything(seed: int) -> None:
 
 
 def start(config: Any) -> torch.device:
-    """Per-process settings every arm applies before it builds anything: CPU threads,
-    seeds (same seed, same data -> same numbers on CPU) and the device."""
+    """Per-process settings every arm applies before it builds anything: the process group
+    under torchrun, CPU threads, seeds (same seed, same data -> same numbers on CPU; the same
+    on every rank) and the device (cuda:LOCAL_RANK under torchrun), TF32 matmuls on CUDA."""
+    distributed.init(config.device)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     seed_everything(config.seed)
-    return select_device(config.device)
+    device = distributed.device_for(config.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+    return device
+
+
+def global_batch_size(config: Any) -> int:
+    """Images per optimiser step over all ranks: batch_size x world size."""
+    return config.batch_size * distributed.context().world_size
+
+
+def peak_lr(config: Any) -> float:
+    """The learning rate the schedule peaks at: ``lr``, or with ``lr_scaling='linear'`` the MAE
+    paper's rule lr x global batch / 256 (``lr`` is then the base lr per 256 images)."""
+    scaling = getattr(config, "lr_scaling", "none")
+    if scaling == "none":
+        return config.lr
+    if scaling == "linear":
+        return config.lr * global_batch_size(config) / 256
+    raise ValueError(f"lr_scaling must be 'none' or 'linear', got {scaling!r}")
+
+
+def steps_per_epoch(n_jets: int, config: Any) -> int:
+    """Optimiser steps per epoch: whole global batches only (the same on every rank, and the
+    same as a single process running the global batch)."""
+    return n_jets // global_batch_size(config)
+
+
+def scale_info(config: Any) -> dict[str, Any]:
+    """Params that say how a run was spread: world size, global batch, the lr actually used."""
+    return {"world_size": distributed.context().world_size, "global_batch_size": global_batch_size(config),
+            "peak_lr": peak_lr(config)}
+
+
+def for_training(model: torch.nn.Module, config: Any, device: torch.device) -> torch.nn.Module:
+    """The module the training step calls: DDP-wrapped on a world > 1, torch.compile'd with
+    ``compile``. Evaluation, checkpoints and logged models keep using ``model`` itself (same
+    parameters). Also puts every rank on rank 0's RNG stream."""
+    distributed.sync_rng()
+    wrapped = distributed.wrap(model, device)
+    if getattr(config, "compile", False):
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def autocast(device: torch.device, config: Any) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA GPUs that support it (``bf16``); fp32 everywhere else."""
+    if device.type == "cuda" and getattr(config, "bf16", True) and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def mask_noise(batch: int, num_patches: int, device: torch.device) -> torch.Tensor:
+    """MAE masking noise for this rank's ``batch`` images.
+
+    Drawn for the whole global batch on every rank (one RNG stream) and split the way the
+    batch is (rank r holds global rows r, r + W, ...), so a DDP step masks each image exactly as
+    a single process with the global batch does; on one process it is the draw the encoder
+    itself would make."""
+    ctx = distributed.context()
+    noise = torch.rand(batch * ctx.world_size, num_patches, device=device)
+    return noise[ctx.rank::ctx.world_size] if ctx.enabled else noise
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0
@@ -64,7 +139,10 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, layer
             "params": [], "weight_decay": weight_decay if decay else 0.0,
             "lr": lr * layer_decay ** (depth + 1 - layer)})
         group["params"].append(param)
-    return torch.optim.AdamW(list(groups.values()), lr=lr, betas=(0.9, 0.95))
+    # Fused AdamW: one kernel over all tensors (+12 % on a 2-core CPU, measured; the GPU default).
+    fused = bool(groups) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                 for g in groups.values() for p in g["params"])
+    return torch.optim.AdamW(list(groups.values()), lr=lr, betas=(0.9, 0.95), fused=fused or None)
 
 
 def _layer_id(name: str, depth: int) -> int:
@@ -99,7 +177,9 @@ def checkpoint_path(checkpoint_dir: str, run_id: str) -> Path:
 def save_checkpoint(path: Path, *, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, extra: dict[str, Any] | None = None) -> None:
     """Everything needed to continue exactly where we stopped; written atomically so a
-    Ctrl-C during the save leaves the previous epoch's checkpoint intact."""
+    Ctrl-C during the save leaves the previous epoch's checkpoint intact. Rank 0 only."""
+    if not distributed.context().is_main:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "epoch": epoch,
@@ -118,10 +198,17 @@ def save_checkpoint(path: Path, *, epoch: int, model: torch.nn.Module, optimizer
 
 def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any) -> dict[str, Any]:
-    """Restore model/optimiser/scheduler/RNG state; returns the checkpoint (epoch, extra)."""
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """Restore model/optimiser/scheduler/RNG state; returns the checkpoint (epoch, extra).
+
+    Under torchrun, rank 0 reads its checkpoint and every rank gets the same state (no
+    shared filesystem needed)."""
+
+    def read() -> dict[str, Any]:
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    state = distributed.on_main(read)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -139,38 +226,72 @@ def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
                              "lower the learning rate or check the input data")
 
 
+def _read_back(running: torch.Tensor, last: torch.Tensor, epoch: int, step: int) -> tuple[float, float]:
+    """The one host sync of a logging point: (summed loss so far, this step's loss), summed
+    over ranks; a NaN/inf anywhere so far fails the run here, on every rank at once."""
+    values = torch.stack([running, last.to(running.dtype)])
+    distributed.all_reduce_sum(values)
+    total, step_loss = values.tolist()
+    if not math.isfinite(total):
+        raise TrainingFailed(f"loss became {total} at epoch {epoch}, by step {step} (checked every "
+                             "log_every_steps steps); lower the learning rate or check the input data")
+    return total, step_loss / distributed.context().world_size
+
+
 def train_one_epoch(reader: Any, indices: np.ndarray, preprocessor: Any, config: Any, epoch: int,
                     compute_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     optimizer: torch.optim.Optimizer, scheduler: Any, *, progress: bool = False,
-                    desc: str = "") -> dict[str, float]:
+                    desc: str = "", device: torch.device | None = None) -> dict[str, float]:
     """One shuffled pass over ``indices``: the optimisation loop every arm shares.
 
-    ``compute_loss(images, labels)`` (tensors on the CPU) is the arm's only say. Data loading,
-    the step and logging each live in one place here, so a distributed sampler (rank,
-    world_size of iterate_batches) and rank-0-only logging slot in without touching the arms.
-    The step loss goes to MLflow every ``config.log_every_steps`` steps, in one batch per epoch.
+    ``compute_loss(images, labels)`` (tensors already on ``device``) is the arm's only say.
+    Under torchrun each rank reads its shard of the epoch's order (rank, world_size of
+    iterate_batches) and all ranks run ``len(indices) // global batch`` steps. Batches come from
+    ``config.loader_workers`` background threads. The loss stays on the device; it is read back
+    (summed over ranks) every ``config.log_every_steps`` steps, for the step metric and the NaN
+    check, and once at the end. Step metrics go to MLflow in one batch per epoch, from rank 0.
+    Returns train_loss (mean over the epoch's steps, all ranks), lr, throughput_img_s (global)
+    and epoch_time_s.
     """
     from mae_tracker.train.tracking import MetricBuffer
 
-    steps_per_epoch = len(indices) // config.batch_size
+    ctx = distributed.context()
+    if device is None:
+        device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
+    steps = steps_per_epoch(len(indices), config)
     batches = iterate_batches(reader, indices, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-                              preprocessor=preprocessor, drop_last=True)
+                              preprocessor=preprocessor, drop_last=True, rank=ctx.rank, world_size=ctx.world_size)
+    source = prefetch(batches, workers=getattr(config, "loader_workers", 0), pin_memory=device.type == "cuda",
+                      n_batches=steps)
     step_metrics = MetricBuffer()
-    total_loss, seen, started = 0.0, 0, time.perf_counter()
-    for step, (images, labels) in enumerate(tqdm(batches, total=steps_per_epoch, disable=not progress,
-                                                 desc=desc, leave=False)):
-        loss = compute_loss(images, labels)
-        check_finite(loss, epoch, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total_loss += loss.item() * len(images)
-        seen += len(images)
-        global_step = epoch * steps_per_epoch + step
-        if config.log_every_steps and global_step % config.log_every_steps == 0:
-            step_metrics.add("train_loss_step", loss.item(), global_step)
-    step_metrics.flush()
+    log_every = config.log_every_steps
+    running = torch.zeros((), dtype=torch.float64, device=device)
+    last = running
+    started = time.perf_counter()
+    try:
+        for step, (images, labels) in enumerate(tqdm(source, total=steps, disable=not (progress and ctx.is_main),
+                                                     desc=desc, leave=False)):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with autocast(device, config):
+                loss = compute_loss(images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            last = loss.detach()
+            running += last
+            global_step = epoch * steps + step
+            if log_every and global_step % log_every == 0:
+                _, step_loss = _read_back(running, last, epoch, step)
+                step_metrics.add("train_loss_step", step_loss, global_step)
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+    total, _ = _read_back(running, last, epoch, steps - 1)
     elapsed = time.perf_counter() - started
-    return {"train_loss": total_loss / max(1, seen), "lr": optimizer.param_groups[0]["lr"],
+    if ctx.is_main:
+        step_metrics.flush()
+    seen = steps * global_batch_size(config)
+    return {"train_loss": total / max(1, steps * ctx.world_size), "lr": optimizer.param_groups[0]["lr"],
             "throughput_img_s": seen / elapsed, "epoch_time_s": elapsed}

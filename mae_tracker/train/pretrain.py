@@ -13,7 +13,7 @@ from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.export import EncoderFeatures, MAEReconstruction
 from mae_tracker.models.mae import MAEConfig, build_mae
-from mae_tracker.train import loop, plots, tracking
+from mae_tracker.train import distributed, loop, plots, tracking
 from mae_tracker.train.architecture import build_mae_config
 from mae_tracker.train.config import PretrainConfig
 from mae_tracker.train.data import RunData, prepare_data
@@ -28,25 +28,27 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
 
     Returns the last epoch's metrics plus the final figures (and ``run_id``, ``encoder_uri``).
     """
-    config = tracking.resumed_config(config)
-    data = prepare_data(config, progress=progress)
+    ctx = distributed.init(config.device)  # under torchrun: rank 0 alone talks to MLflow
+    progress = progress and ctx.is_main
+    config = distributed.on_main(tracking.resumed_config, config)
+    data = distributed.on_main(prepare_data, config, progress=progress)
     device = loop.start(config)
     train_indices = data.splits["pretrain"]
     if config.max_jets:
         train_indices = train_indices[:config.max_jets]
     test_indices = data.splits["test"][:config.eval_jets]
-    if len(train_indices) < config.batch_size:
+    if len(train_indices) < loop.global_batch_size(config):
         raise ValueError(f"pretrain split has {len(train_indices)} jets, fewer than one batch "
-                         f"({config.batch_size}); use more data or a smaller --batch-size")
+                         f"({loop.global_batch_size(config)}); use more data or a smaller --batch-size")
 
-    with tracking.tracked_run(config.experiment, config.run_name or config.display_name(), config.resume,
-                              tags={"arm": "pretrain"}) as run:
-        run_id = run.info.run_id
+    with (tracking.tracked_run(config.experiment, config.run_name or config.display_name(), config.resume,
+                               tags={"arm": "pretrain"}) if ctx.is_main else distributed.FollowerRun()) as run:
+        run_id = distributed.broadcast_object(run.info.run_id)
         ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
         mae_config = build_mae_config(config, data)
         model = build_mae(mae_config).to(device)
-        optimizer = loop.make_optimizer(model, config.lr, config.weight_decay)
-        steps_per_epoch = len(train_indices) // config.batch_size
+        optimizer = loop.make_optimizer(model, loop.peak_lr(config), config.weight_decay)
+        steps_per_epoch = loop.steps_per_epoch(len(train_indices), config)
         scheduler = loop.warmup_cosine(optimizer, int(config.warmup_epochs * steps_per_epoch),
                                        config.epochs * steps_per_epoch)
         start_epoch = 0
@@ -56,15 +58,17 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
             start_epoch = state["epoch"] + 1
         else:
             # Statistics from the training split only; they travel with the logged models.
-            preprocessor = Preprocessor.fit(data.reader, train_indices, progress=progress)
+            preprocessor = distributed.on_main(Preprocessor.fit, data.reader, train_indices, progress=progress)
+        if not config.resume and ctx.is_main:
             tracking.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
                                     {"pretrain": len(train_indices), "test": len(test_indices)})
             mlflow.log_params({"encoder_params": sum(p.numel() for p in model.encoder.parameters()),
-                               "num_patches": model.encoder.num_patches})
+                               "num_patches": model.encoder.num_patches, **loop.scale_info(config)})
             mlflow.log_dict(mae_config.to_dict(), "mae_config.json")
             mlflow.log_dict(preprocessor.to_dict(), "preprocessing.json")
 
-        monitor = _probe_monitor(config, data, preprocessor)
+        train_model = loop.for_training(model, config, device)  # DDP / torch.compile; same weights
+        monitor = _probe_monitor(config, data, preprocessor) if ctx.is_main else None
         grid_train = _load(data, train_indices[:config.image_jets], preprocessor)
         grid_test = _load(data, test_indices[:config.image_jets], preprocessor)
         metrics: dict[str, float] = {}
@@ -72,8 +76,12 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
             model.train()
             metrics = loop.train_one_epoch(
                 data.reader, train_indices, preprocessor, config, epoch,
-                lambda images, _: model(images.to(device), mask_ratio=config.mask_ratio)[0],
-                optimizer, scheduler, progress=progress, desc=f"pretrain epoch {epoch}")
+                lambda images, _: train_model(images, mask_ratio=config.mask_ratio, noise=loop.mask_noise(
+                    len(images), model.encoder.num_patches, device))[0],
+                optimizer, scheduler, progress=progress, desc=f"pretrain epoch {epoch}", device=device)
+            if not ctx.is_main:  # evaluation, logging and checkpoints are rank 0's
+                distributed.barrier()
+                continue
             metrics["train_eval_loss"] = _eval_loss(model, data, train_indices[:len(test_indices)],
                                                     preprocessor, config, device)
             metrics["test_loss"] = _eval_loss(model, data, test_indices, preprocessor, config, device)
@@ -92,14 +100,17 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
                                  extra={"preprocessing": preprocessor.to_dict()})
             if callback is not None:
                 callback(epoch, metrics)
+            distributed.barrier()
 
+        if not ctx.is_main:
+            return distributed.broadcast_object(None)  # rank 0's result, once its run has ended
         final = _compression_figures(model, data, test_indices, preprocessor, config, device)
         mlflow.log_metrics(final)
         encoder_uri = _log_models(model, mae_config, preprocessor, data, config, run_id, grid_test)
         if config.register_as:
             mlflow.register_model(encoder_uri, config.register_as)
         ckpt.unlink(missing_ok=True)  # the logged models replace it
-    return {**metrics, **final, "run_id": run_id, "encoder_uri": encoder_uri}
+    return distributed.broadcast_object({**metrics, **final, "run_id": run_id, "encoder_uri": encoder_uri})
 
 
 def _probe_monitor(config: PretrainConfig, data: RunData, preprocessor: Preprocessor) -> ProbeMonitor | None:

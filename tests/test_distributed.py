@@ -1,0 +1,131 @@
+"""DDP under torchrun on CPU (gloo): 2 ranks x batch 16 == 1 process x batch 32; one MLflow run;
+a rank that dies fails the run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+
+from mae_tracker.train import distributed, loop
+from mae_tracker.train.config import PretrainConfig
+from mae_tracker.train.pretrain import pretrain
+
+TINY = dict(epochs=2, max_jets=128, eval_jets=32, image_every=0, probe_train_jets=0, probe_val_jets=0,
+            log_every_steps=1, lr=2e-3, warmup_epochs=0.5, seed=5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(args: list[str], cwd, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def cli_args(config: dict) -> list[str]:
+    return [f"--{key.replace('_', '-')}={value}" for key, value in config.items()]
+
+
+def runs_of(experiment: str) -> list:
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def history(run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(mlflow.MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_two_gloo_ranks_equal_one_process_with_the_global_batch(jets_file, tmp_path):
+    settings = {**TINY, "data": str(jets_file), "checkpoint_dir": str(tmp_path / "ckpt")}
+    single = pretrain(PretrainConfig(**settings, batch_size=32, experiment="ddp-single"), progress=False)
+
+    done = torchrun(["-m", "mae_tracker", "pretrain", *cli_args({**settings, "batch_size": 16,
+                                                                 "experiment": "ddp-two"}), "--no-progress"],
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = runs_of("ddp-two")
+    assert len(runs) == 1, "only rank 0 opens a run"
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert (params["world_size"], params["global_batch_size"], params["batch_size"]) == ("2", "32", "16")
+
+    for key in ("train_loss", "train_loss_step", "test_loss", "train_eval_loss"):
+        ddp, ref = history(run.info.run_id, key), history(single["run_id"], key)
+        assert len(ddp) == len(ref) > 0, key
+        np.testing.assert_allclose(ddp, ref, rtol=2e-4, atol=1e-6, err_msg=key)
+    ddp_model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/mae").mae.state_dict()
+    ref_model = mlflow.pytorch.load_model(f"runs:/{single['run_id']}/mae").mae.state_dict()
+    assert ddp_model.keys() == ref_model.keys()
+    for name in ref_model:
+        a, b = ddp_model[name], ref_model[name]
+        if name.endswith("attn.qkv.bias"):
+            # The key bias's true gradient is exactly zero (softmax ignores a shift shared by all
+            # keys); what is left is float noise that Adam normalises to full-size steps, so it
+            # cannot agree between two summation orders. Query and value biases must.
+            dim = len(a) // 3
+            a, b = torch.cat([a[:dim], a[2 * dim:]]), torch.cat([b[:dim], b[2 * dim:]])
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=name)
+
+
+KILL_RANK_1 = textwrap.dedent("""
+    import os, sys
+    from mae_tracker.train import loop
+    from mae_tracker.train.config import PretrainConfig
+    from mae_tracker.train.pretrain import pretrain
+
+    original = loop.train_one_epoch
+    def dying(*args, **kwargs):
+        if int(os.environ["RANK"]) == 1 and args[4] == 1:  # rank 1 dies at the start of epoch 1
+            os._exit(3)
+        return original(*args, **kwargs)
+    loop.train_one_epoch = dying
+    pretrain(PretrainConfig(data=sys.argv[1], batch_size=16, experiment="ddp-dies", **{TINY!r}), progress=False)
+""").replace("{TINY!r}", repr(TINY))
+
+
+def test_a_dying_rank_fails_the_job_and_the_run_then_torchrun_resumes_it(jets_file, tmp_path):
+    script = tmp_path / "dies.py"
+    script.write_text(KILL_RANK_1)
+    done = torchrun([str(script), str(jets_file)], cwd=tmp_path)
+    assert done.returncode != 0
+    runs = runs_of("ddp-dies")
+    assert len(runs) == 1
+    assert runs[0].info.status == "FAILED", "never left RUNNING"
+    reason = runs[0].data.tags["end_reason"]
+    assert reason, reason
+    run_id = runs[0].info.run_id
+    assert len(history(run_id, "train_loss")) == 1  # epoch 0 was logged, then the job stopped
+    # every rank continues from rank 0's checkpoint of epoch 0, in the same run
+    done = torchrun(["-m", "mae_tracker", "pretrain", f"--resume={run_id}", "--no-progress"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(runs_of("ddp-dies")) == 1
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+    assert len(history(run_id, "train_loss")) == 2
+
+
+def test_helpers_are_no_ops_on_a_world_of_one():
+    assert distributed.context().world_size == 1 and distributed.context().is_main
+    assert distributed.on_main(lambda x: x + 1, 1) == 2
+    assert distributed.broadcast_object("x") == "x"
+    t = torch.ones(2)
+    assert torch.equal(distributed.all_reduce_sum(t), torch.ones(2))
+    config = PretrainConfig(batch_size=32, lr=1e-3, lr_scaling="linear")
+    assert loop.global_batch_size(config) == 32 and loop.peak_lr(config) == pytest.approx(1e-3 * 32 / 256)
+    assert loop.peak_lr(PretrainConfig(lr=1e-3)) == 1e-3
+    with pytest.raises(ValueError, match="lr_scaling"):
+        loop.peak_lr(PretrainConfig(lr_scaling="sqrt"))
+    assert loop.steps_per_epoch(100, config) == 3
