@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -76,10 +75,13 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
                for fraction in plan["fractions"] for arm in plan["arms"] for seed in plan["seeds"]}
     jets = _check_label_counts(next(iter(configs.values())), plan["fractions"], plan["seeds"], progress)
 
-    parent = _start_parent(client, resume, experiment, plan, pretrain_run_id)
-    parent_id = parent.info.run_id
     trained, skipped, failures = 0, 0, []
-    try:
+    # The shared run lifecycle: resume joins the parent, `mlflow run` makes the launcher's run
+    # the parent; an error ends it FAILED, Ctrl-C KILLED, each with an end_reason naming the id.
+    with tracking.tracked_run(experiment, f"label-efficiency-{time.strftime('%Y%m%d-%H%M%S')}", resume) as parent:
+        parent_id = parent.info.run_id
+        if not resume:
+            _describe_parent(plan, pretrain_run_id)
         done = _finished_children(client, parent.info.experiment_id, parent_id)
         for n, (key, config) in enumerate(configs.items(), 1):
             arm, fraction, seed = key
@@ -99,24 +101,13 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
             _say(progress, f"{label}: test AUC {result['test_auc']:.4f} acc {result['test_acc']:.4f} "
                            f"(run {result['run_id'][:8]}, {time.perf_counter() - started:.0f} s)")
         table = _log_results(client, parent_id)
-    except KeyboardInterrupt:
-        mlflow.set_tag("end_reason", f"interrupted (Ctrl-C); resume with resume={parent_id}")
-        mlflow.end_run(status="KILLED")
-        raise
-    except BaseException as err:
-        mlflow.set_tag("end_reason", f"{type(err).__name__}: {err}"[:4000])
-        mlflow.end_run(status="FAILED")
-        raise
-    if failures:
-        mlflow.set_tag("end_reason", f"{len(failures)} child runs failed; resume with resume={parent_id}")
-        mlflow.end_run(status="FAILED")
-        from mae_tracker.train.loop import TrainingFailed  # a RuntimeError the CLI prints as one message
+        if failures:
+            from mae_tracker.train.loop import TrainingFailed  # a RuntimeError the CLI prints as one message
 
-        raise TrainingFailed(f"{len(failures)} of {len(configs)} label-efficiency runs failed (rerun with "
-                           f"resume={parent_id} to retry them):\n  " + "\n  ".join(failures))
-    if "end_reason" in client.get_run(parent_id).data.tags:  # left by an earlier, interrupted call
-        client.delete_tag(parent_id, "end_reason")
-    mlflow.end_run(status="FINISHED")
+            raise TrainingFailed(f"{len(failures)} of {len(configs)} label-efficiency runs failed (rerun with "
+                                 f"resume={parent_id} to retry them):\n  " + "\n  ".join(failures))
+        if "end_reason" in client.get_run(parent_id).data.tags:  # left by an earlier, interrupted call
+            client.delete_tag(parent_id, "end_reason")
     _say(progress, f"label efficiency: parent run {parent_id}, {trained} trained, {skipped} kept from before")
     return {"run_id": parent_id, "table": table, "trained": trained, "skipped": skipped}
 
@@ -194,23 +185,14 @@ def _check_label_counts(config: DownstreamConfig, fractions: Sequence[float], se
     return jets
 
 
-def _start_parent(client: mlflow.MlflowClient, resume: str, experiment: str, plan: dict[str, Any],
-                  pretrain_run_id: str) -> mlflow.ActiveRun:
-    if resume:
-        return mlflow.start_run(run_id=resume)
-    if os.environ.get("MLFLOW_RUN_ID"):  # started by `mlflow run`: the launcher's run is the parent
-        run = mlflow.start_run()
-    else:
-        run = mlflow.start_run(experiment_id=tracking.ensure_experiment(experiment),
-                               run_name=f"label-efficiency-{time.strftime('%Y%m%d-%H%M%S')}")
-    # The plan is a tag (resume reads it back); params show it in the UI. `mlflow run -P` may
-    # have logged some of these keys already, in its own spelling: those are left as they are.
+def _describe_parent(plan: dict[str, Any], pretrain_run_id: str) -> None:
+    """The plan is a tag (resume reads it back); params show it in the UI. `mlflow run -P` may
+    have logged some of these keys already, in its own spelling: those are left as they are."""
     mlflow.set_tags({"kind": KIND, "encoder_uri": plan["encoder_uri"], "pretrain_run_id": pretrain_run_id,
                      PLAN_TAG: json.dumps(plan, sort_keys=True)})
     tracking.log_params_once({"encoder_uri": plan["encoder_uri"], "fractions": json.dumps(plan["fractions"]),
                               "seeds": json.dumps(plan["seeds"]), "arms": json.dumps(plan["arms"]),
                               "overrides": json.dumps(plan["overrides"], sort_keys=True)})
-    return run
 
 
 def _finished_children(client: mlflow.MlflowClient, experiment_id: str, parent_id: str

@@ -45,6 +45,32 @@ SCHEMA = "e2e-quark-gluon"
 LABEL_CONVENTION = "1=quark,0=gluon"
 
 
+def jet_sample_problems(config: Any, presets: dict[str, Any]) -> list[str]:
+    """What is wrong with a jet generator config's common settings (n_jets, seed, preset, the pT
+    and eta window, pTHatMin); shared by every Pythia jet task."""
+    problems = []
+    if config.n_jets < 2 or config.n_jets % 2:
+        problems.append(f"n_jets must be even and >= 2 (balanced classes), got {config.n_jets}")
+    if config.seed < 0:
+        problems.append(f"seed must be >= 0, got {config.seed}")
+    if config.preset not in presets:
+        problems.append(f"unknown preset {config.preset!r}; choose from {sorted(presets)}")
+    if not 0 < config.pt_min < config.pt_max:
+        problems.append(f"need 0 < pt_min < pt_max, got {config.pt_min}, {config.pt_max}")
+    if config.pt_min >= BEAM_ENERGY:
+        problems.append(f"pt_min must be below the {BEAM_ENERGY:g} GeV beam energy, got {config.pt_min}")
+    if config.eta_max <= 0:
+        problems.append(f"eta_max must be > 0, got {config.eta_max}")
+    if not 0 < config.pthat_min < config.pt_max:
+        problems.append(f"need 0 < pthat_min < pt_max, got {config.pthat_min}")
+    return problems
+
+
+def raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 @dataclass
 class GeneratorConfig:
     """Everything that determines the generated arrays (stored as JSON in the file).
@@ -69,23 +95,7 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         if self.pthat_min is None:
             self.pthat_min = round(PTHAT_FRACTION * self.pt_min, 1)
-        problems = []
-        if self.n_jets < 2 or self.n_jets % 2:
-            problems.append(f"n_jets must be even and >= 2 (balanced classes), got {self.n_jets}")
-        if self.seed < 0:
-            problems.append(f"seed must be >= 0, got {self.seed}")
-        if self.preset not in PRESETS:
-            problems.append(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
-        if not 0 < self.pt_min < self.pt_max:
-            problems.append(f"need 0 < pt_min < pt_max, got {self.pt_min}, {self.pt_max}")
-        if self.pt_min >= BEAM_ENERGY:
-            problems.append(f"pt_min must be below the {BEAM_ENERGY:g} GeV beam energy, got {self.pt_min}")
-        if self.eta_max <= 0:
-            problems.append(f"eta_max must be > 0, got {self.eta_max}")
-        if not 0 < self.pthat_min < self.pt_max:
-            problems.append(f"need 0 < pthat_min < pt_max, got {self.pthat_min}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        raise_problems(jet_sample_problems(self, PRESETS))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

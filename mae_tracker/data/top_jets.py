@@ -50,7 +50,7 @@ import numpy as np
 
 from mae_tracker.data import detector as det
 from mae_tracker.data.detector import DetectorSpec
-from mae_tracker.data.generate import BEAM_ENERGY, package_versions
+from mae_tracker.data.generate import BEAM_ENERGY, jet_sample_problems, package_versions, raise_problems
 from mae_tracker.data.pythia_jets import COLLISION_ENERGY, JetCuts, _ChargeTable, _kinematics, make_pythia
 from mae_tracker.data.tasks import TASKS, Shard, shard_seeds, task_attrs, write_balanced
 from mae_tracker.data.tracker import EXTRA_CHANNELS, EXTRA_UNITS, TrackerSpec, tracker_channels
@@ -94,25 +94,10 @@ class TopQCDConfig:
     def __post_init__(self) -> None:
         if self.pthat_min is None:
             self.pthat_min = round(PTHAT_FRACTION * self.pt_min, 1)
-        problems = []
-        if self.n_jets < 2 or self.n_jets % 2:
-            problems.append(f"n_jets must be even and >= 2 (balanced classes), got {self.n_jets}")
-        if self.seed < 0:
-            problems.append(f"seed must be >= 0, got {self.seed}")
-        if self.preset not in PRESETS:
-            problems.append(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        problems = jet_sample_problems(self, PRESETS)
         if self.channels not in CHANNEL_SETS:
             problems.append(f"channels must be one of {sorted(CHANNEL_SETS)} for top-qcd, got {self.channels}")
-        if not 0 < self.pt_min < self.pt_max:
-            problems.append(f"need 0 < pt_min < pt_max, got {self.pt_min}, {self.pt_max}")
-        if self.pt_min >= BEAM_ENERGY:
-            problems.append(f"pt_min must be below the {BEAM_ENERGY:g} GeV beam energy, got {self.pt_min}")
-        if self.eta_max <= 0:
-            problems.append(f"eta_max must be > 0, got {self.eta_max}")
-        if not 0 < self.pthat_min < self.pt_max:
-            problems.append(f"need 0 < pthat_min < pt_max, got {self.pthat_min}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        raise_problems(problems)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -104,9 +104,11 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
         mlflow.log_metrics(final)
         title = f"{config.arm}: test ROC AUC {final['test_auc']:.4f}"
         tracking.log_table({"label": labels.astype(int), "score": scores}, "test_predictions.csv")
-        tracking.log_figure(plots.roc_figure({config.arm: (labels, scores)}, title), "roc_curve.png")
-        tracking.log_figure(plots.rejection_figure({config.arm: (labels, scores)}, title), "roc_rejection.png")
-        tracking.log_figure(plots.score_histogram(labels, scores, title), "score_histogram.png")
+        classes = dict(zip(("signal", "background"), data.info.class_names))  # label 1, label 0
+        curves = {config.arm: (labels, scores)}
+        tracking.log_figure(plots.roc_figure(curves, title, **classes), "roc_curve.png")
+        tracking.log_figure(plots.rejection_figure(curves, title, **classes), "roc_rejection.png")
+        tracking.log_figure(plots.score_histogram(labels, scores, title, **classes), "score_histogram.png")
         # The logged model is the QuarkTagger: raw images as stored in the file (channels last,
         # like E2E X_jets), preprocessing inside, P(quark) out; `.classifier` is the JetClassifier.
         example, _ = data.reader.read(data.splits["test"][:2])  # (n, C, H, W) raw
