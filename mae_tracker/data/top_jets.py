@@ -50,7 +50,7 @@ import numpy as np
 
 from mae_tracker.data import detector as det
 from mae_tracker.data.detector import DetectorSpec
-from mae_tracker.data.generate import BEAM_ENERGY, jet_sample_problems, package_versions, raise_problems
+from mae_tracker.data.generate import jet_sample_problems, package_versions, raise_problems
 from mae_tracker.data.pythia_jets import COLLISION_ENERGY, JetCuts, _ChargeTable, _kinematics, make_pythia
 from mae_tracker.data.tasks import TASKS, Shard, shard_seeds, task_attrs, write_balanced
 from mae_tracker.data.tracker import EXTRA_CHANNELS, EXTRA_UNITS, TrackerSpec, tracker_channels

@@ -15,6 +15,7 @@ import pandas as pd
 
 from mae_tracker.report import collect, figures, render
 from mae_tracker.report.render import Block, Heading, Image, Paragraph, RunRef, Table
+from mae_tracker.train import plots
 from mae_tracker.train.tracking import configure_tracking
 
 MAX_GRIDS = 3
@@ -129,7 +130,8 @@ def _roc_section(client: mlflow.MlflowClient, frame: pd.DataFrame, fig_dir: Path
     """One run per arm (most labelled jets, then best validation AUC: never chosen on test),
     redrawn from its ``test_predictions.csv``. Returns the chosen run ids."""
     blocks.append(Heading("ROC curves"))
-    curves, chosen, lines = [], [], []
+    curves: plots.Curves = {}
+    chosen, lines = [], []
     downstream = frame[frame.arm.isin(collect.DOWNSTREAM_ARMS)] if not frame.empty else frame
     for arm in collect.DOWNSTREAM_ARMS:
         rows = downstream[downstream.arm == arm]
@@ -142,8 +144,7 @@ def _roc_section(client: mlflow.MlflowClient, frame: pd.DataFrame, fig_dir: Path
             if local is None:
                 continue
             predictions = pd.read_csv(local)
-            curves.append((arm, f"{arm} {r.run}: test AUC {_num(r.test_auc)}",
-                           predictions["label"].to_numpy(), predictions["score"].to_numpy()))
+            curves[f"{arm} {r.run}"] = (predictions["label"].to_numpy(), predictions["score"].to_numpy())
             chosen.append(r.run_id)
             lines.append(f"{arm}: run `{r.run}` ({_int(r.labelled_jets)} labelled jets, validation AUC "
                          f"{_num(r.sel_val)}, test AUC {_num(r.test_auc)})")
@@ -151,7 +152,8 @@ def _roc_section(client: mlflow.MlflowClient, frame: pd.DataFrame, fig_dir: Path
     if not curves:
         blocks.append(Paragraph("No finished downstream run has a `test_predictions.csv` artifact."))
         return chosen
-    roc, rejection = figures.roc_figures(curves)
+    roc = plots.roc_figure(curves, "ROC on the test split")
+    rejection = plots.rejection_figure(curves, "Background rejection on the test split")
     figures.save(roc, str(fig_dir / "roc.png"))
     figures.save(rejection, str(fig_dir / "roc_rejection.png"))
     blocks += [Paragraph("One run per arm, the one with the most labelled jets and then the best validation "
