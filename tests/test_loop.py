@@ -129,3 +129,21 @@ def test_fused_adamw_on_cpu_and_cuda_path_switches_stay_off_on_cpu():
     assert loop.for_training(model, _Settings(), torch.device("cpu")) is model
     noise = loop.mask_noise(4, 64, torch.device("cpu"))
     assert noise.shape == (4, 64)
+
+
+def test_background_logger_runs_jobs_in_order_off_the_thread_and_surfaces_errors():
+    import threading
+
+    from mae_tracker.train.background import BackgroundLogger, LoggingFailed
+
+    seen = []
+    with BackgroundLogger() as logger:
+        for i in range(5):
+            logger.submit(f"job {i}", lambda i=i: seen.append((i, threading.current_thread().name)))
+    assert [i for i, _ in seen] == list(range(5))
+    assert all(name != threading.current_thread().name for _, name in seen)
+
+    logger = BackgroundLogger()
+    logger.submit("grids/epoch_000.png", lambda: 1 / 0)
+    with pytest.raises(LoggingFailed, match="grids/epoch_000.png failed: ZeroDivisionError"):
+        logger.close()

@@ -14,6 +14,7 @@ from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.export import EncoderFeatures, MAEReconstruction
 from mae_tracker.models.mae import MAEConfig, build_mae
 from mae_tracker.train import distributed, loop, plots, tracking
+from mae_tracker.train.background import BackgroundLogger, log_figure_job
 from mae_tracker.train.architecture import build_mae_config
 from mae_tracker.train.config import PretrainConfig
 from mae_tracker.train.data import RunData, prepare_data
@@ -72,6 +73,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
         grid_train = _load(data, train_indices[:config.image_jets], preprocessor)
         grid_test = _load(data, test_indices[:config.image_jets], preprocessor)
         metrics: dict[str, float] = {}
+        figures = BackgroundLogger() if ctx.is_main else None  # grids rendered + uploaded off this thread
         for epoch in range(start_epoch, config.epochs):
             model.train()
             metrics = loop.train_one_epoch(
@@ -95,7 +97,8 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
                 for split, images in (("train", grid_train), ("test", grid_test)):
                     _log_grid(model, images, data.info.channel_names, config, device,
                               f"reconstructions/{split}_epoch_{epoch:03d}.png",
-                              f"{split} jets, epoch {epoch}, mask ratio {config.mask_ratio}")
+                              f"{split} jets, epoch {epoch}, mask ratio {config.mask_ratio}",
+                              figures=figures, run_id=run_id)
             loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                                  extra={"preprocessing": preprocessor.to_dict()})
             if callback is not None:
@@ -104,6 +107,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
 
         if not ctx.is_main:
             return distributed.broadcast_object(None)  # rank 0's result, once its run has ended
+        figures.close()  # every grid is logged (or its error raised) before the models and the run's end
         final = _compression_figures(model, data, test_indices, preprocessor, config, device)
         mlflow.log_metrics(final)
         encoder_uri = _log_models(model, mae_config, preprocessor, data, config, run_id, grid_test)
@@ -145,15 +149,25 @@ def _eval_loss(model: torch.nn.Module, data: RunData, indices: np.ndarray, prepr
 
 @torch.no_grad()
 def _log_grid(model: torch.nn.Module, images: torch.Tensor, channel_names: Any, config: PretrainConfig,
-              device: torch.device, artifact_file: str, title: str) -> None:
+              device: torch.device, artifact_file: str, title: str, *, figures: BackgroundLogger | None = None,
+              run_id: str = "") -> None:
+    """Reconstruct here (needs the model, fast); render + upload on ``figures``' thread if given."""
     model.eval()
     mask_ratio = config.mask_ratio
     noise = torch.rand(len(images), model.encoder.num_patches,
                        generator=torch.Generator().manual_seed(EVAL_NOISE_SEED))
     reconstruction, pixel_mask = model.reconstruct(images.to(device), mask_ratio, noise=noise.to(device))
-    fig = plots.reconstruction_grid(images.numpy(), pixel_mask.cpu().numpy(), reconstruction.cpu().numpy(),
-                                    channel_names, title, scale=config.image_scale)
-    tracking.log_figure(fig, artifact_file)
+    args = (images.numpy().copy(), pixel_mask.cpu().numpy(), reconstruction.cpu().numpy(), channel_names, title,
+            config.image_scale)
+    if figures is not None:
+        figures.submit(artifact_file, log_figure_job, run_id, _grid_figure, args, artifact_file)
+    else:
+        tracking.log_figure(_grid_figure(*args), artifact_file)
+
+
+def _grid_figure(original: np.ndarray, pixel_mask: np.ndarray, reconstruction: np.ndarray, channel_names: Any,
+                 title: str, scale: str) -> Any:
+    return plots.reconstruction_grid(original, pixel_mask, reconstruction, channel_names, title, scale=scale)
 
 
 @torch.no_grad()
