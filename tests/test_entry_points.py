@@ -136,3 +136,33 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_the_checkpoint(jets_file, tmp_pat
     assert (checkpoints / run.info.run_id / "checkpoint.pt").exists()
     logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert not logged, "no model from an interrupted run"
+
+
+@pytest.mark.slow
+def test_mlflow_run_sweep_makes_the_launchers_run_the_parent(jets_file, tmp_path):
+    spec = {"name": "entry-point-sweep", "experiment": "ignored-under-mlflow-run", "method": "random", "seed": 0,
+            "metric": {"name": "val_auc", "goal": "maximize"}, "objective": "probe", "n_trials": 1,
+            "pruner": {"type": "none"}, "parameters": {"mask_ratio": {"values": [0.6, 0.75]}},
+            "fixed": {"epochs": 1, "batch_size": 32, "image_every": 0, "image_jets": 1, "eval_jets": 64,
+                      "probe_train_jets": 64, "probe_val_jets": 64},
+            "downstream": {"epochs": 1, "batch_size": 32}, "promote": False}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    env = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env["MAE_TRACKER_OPTUNA_STORAGE"] = f"sqlite:///{tmp_path / 'optuna.db'}"
+    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", "sweep", "--env-manager",
+               "local", "--experiment-name", "entry-point-sweep", "-P", f"config={config}",
+               "-P", f"data={jets_file}"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = mlflow.search_runs(experiment_names=["entry-point-sweep"], output_format="list")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, "the launcher's run is the sweep's parent: no second top-level run"
+    parent = parents[0]
+    assert parent.data.tags["sweep_study"] == "entry-point-sweep" and parent.info.status == "FINISHED"
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert [t.data.tags["mlflow.runName"] for t in trials] == ["trial-0"]
+    arms = {r.data.tags.get("arm") for r in runs if r.data.tags.get("mlflow.parentRunId") == trials[0].info.run_id}
+    assert arms == {"pretrain", "probe"}
+    assert mlflow.get_experiment_by_name("ignored-under-mlflow-run") is None

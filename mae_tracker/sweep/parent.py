@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -34,16 +35,27 @@ def find_parent(study: optuna.Study) -> str:
 def open_parent(study: optuna.Study, spec: SweepSpec, storage_url: str) -> str:
     """Reuse the study's parent run (rerun = resume) or create it; mark it RUNNING."""
     client = mlflow.MlflowClient()
-    experiment_id = tracking.ensure_experiment(spec.experiment)
-    run_id = _existing(client, study, spec, experiment_id)
+    run_id = _existing(client, study, spec)
     masked = mask_password(storage_url)
+    # `mlflow run . -e sweep` created a run before we started. Taken out of the environment here,
+    # or mlflow.start_run() would resume it as the first trial's run.
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
     if run_id is None:
-        run = client.create_run(experiment_id, run_name=spec.name,
-                                tags={STUDY_TAG: spec.name, "sweep_storage": masked, "arm": "sweep"})
-        run_id = run.info.run_id
+        if launcher:  # the launcher's run becomes the parent: no empty run beside the sweep
+            run_id = launcher
+            for key, value in {STUDY_TAG: spec.name, "sweep_storage": masked, "arm": "sweep",
+                               "mlflow.runName": spec.name}.items():
+                client.set_tag(run_id, key, value)
+            tracking.mark_model_training(client.get_run(run_id).info.experiment_id)
+        else:
+            run_id = client.create_run(tracking.ensure_experiment(spec.experiment), run_name=spec.name,
+                                       tags={STUDY_TAG: spec.name, "sweep_storage": masked, "arm": "sweep"}).info.run_id
         study.set_user_attr(PARENT_ATTR, run_id)
     else:
         client.update_run(run_id, status="RUNNING")
+        if launcher and launcher != run_id:  # a continued sweep: say where its trials are
+            client.set_tag(launcher, "sweep_parent_run_id", run_id)
+            client.set_tag(launcher, "mlflow.note.content", f"continues sweep {spec.name}: see parent run {run_id}")
     params = {"study": spec.name, "sampler": spec.method, "sampler_seed": spec.seed,
               "pruner": _pruner_text(spec), "objective": spec.objective, "metric": spec.metric,
               "goal": spec.goal, "n_trials": spec.n_trials,
@@ -64,7 +76,7 @@ def open_parent(study: optuna.Study, spec: SweepSpec, storage_url: str) -> str:
     return run_id
 
 
-def _existing(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSpec, experiment_id: str) -> str | None:
+def _existing(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSpec) -> str | None:
     run_id = study.user_attrs.get(PARENT_ATTR)
     if run_id:
         try:
@@ -72,7 +84,10 @@ def _existing(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSpec,
                 return run_id
         except mlflow.exceptions.MlflowException:
             pass  # another MLflow store than last time: look by tag, else start a new parent
-    runs = client.search_runs([experiment_id], f"tags.{STUDY_TAG} = '{spec.name}'", max_results=1,
+    experiment = client.get_experiment_by_name(spec.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], f"tags.{STUDY_TAG} = '{spec.name}'", max_results=1,
                               order_by=["attributes.start_time DESC"])
     if runs:
         study.set_user_attr(PARENT_ATTR, runs[0].info.run_id)

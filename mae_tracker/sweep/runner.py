@@ -177,7 +177,8 @@ def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, spec: 
     sampler = make_sampler(spec, seed)
     study = optuna.load_study(study_name=study.study_name, storage=storage, sampler=sampler,
                               pruner=pruner or make_pruner(spec))
-    experiment_id = tracking.ensure_experiment(spec.experiment)
+    # Trials live where their parent lives (under `mlflow run`, the launcher's experiment).
+    experiment_id = mlflow.MlflowClient().get_run(parent_id).info.experiment_id
     objective = Objective(TrialContext(spec, experiment_id, parent_id, progress=progress, num_threads=num_threads))
     on_finish = ProgressLine(spec, parent_id, echo)
     failures, waited = 0, False

@@ -68,8 +68,13 @@ def ensure_experiment(name: str) -> str:
         experiment_id = experiment.experiment_id
         if experiment.tags.get(EXPERIMENT_KIND_TAG) == MODEL_TRAINING_KIND:
             return experiment_id
-    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    mark_model_training(experiment_id)
     return experiment_id
+
+
+def mark_model_training(experiment_id: str) -> None:
+    """Tag an experiment (e.g. one `mlflow run --experiment-name` created) as model training."""
+    mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
 
 
 def package_versions() -> dict[str, str]:
@@ -121,7 +126,7 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
         run = mlflow.start_run()
         if run_name:
             mlflow.set_tag("mlflow.runName", run_name)
-        mlflow.MlflowClient().set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+        mark_model_training(run.info.experiment_id)
     else:
         run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name or None)
     try:
