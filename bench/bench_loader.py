@@ -8,7 +8,11 @@ non-zero, chunks of one jet + lzf, as the generator writes them) and times, per 
 * the in-memory cache of the split (cache_in_memory), with and without preprocessing,
 * h5py fancy indexing of the sorted batch (the obvious way, not used: shows why rows are
   read one run at a time),
-* a file chunked 64 jets at a time (other tools' files): why cache_in_memory exists.
+* a file chunked 64 jets at a time (other tools' files): why cache_in_memory exists,
+* the background prefetch workers the training loop uses (data/loader.py, 1 and 2 threads,
+  with preprocessing) against the trainer's consumption, measured in the same run with the
+  real training step (MAE, fused AdamW) at the default encoder for that image size: the
+  ratio must be >= 5x everywhere.
 
     python bench/bench_loader.py            # ~1-2 minutes on 2 cores
 """
@@ -25,9 +29,40 @@ import numpy as np
 import torch
 
 from mae_tracker.data.jetfile import JetImageReader, cache_in_memory, iterate_batches, make_splits
+from mae_tracker.data.loader import Prefetcher
 from mae_tracker.data.preprocess import Preprocessor
 
-TRAINING_NEEDS = {32: 1000, 125: 700}  # img/s: vit-nano 32x32 patch 4; 125x125 patch 25 (FIELD-NOTES)
+# The trainer whose consumption the loader must beat, per image size: (variant, patch).
+TRAINERS = {32: [("vit-nano", 4)], 125: [("vit-nano", 5), ("vit-nano", 25)]}
+
+
+def trainer_rate(side: int, variant: str, patch: int, batch: int, seconds: float, threads: int) -> float:
+    """Images/s the real training step consumes (our MAE step, fused AdamW, ``threads`` threads)."""
+    from mae_tracker.models import build_mae, mae_config
+    from mae_tracker.train import loop
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = build_mae(mae_config(variant, img_size=side, in_chans=3, patch_size=patch))
+        opt = loop.make_optimizer(model, 1e-4, 0.05)
+        x = torch.rand(batch, 3, side, side)
+
+        def step():
+            loss = model(x, 0.75, noise=loop.mask_noise(batch, model.num_patches, x.device))[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        step()
+        count, start = 0, time.perf_counter()
+        while count < 3 * batch or time.perf_counter() - start < seconds:
+            step()
+            count += batch
+        return count / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(saved)
 
 
 def write_synthetic(path: Path, n: int, side: int, *, chunk_rows: int = 1, seed: int = 0) -> Path:
@@ -56,7 +91,10 @@ def rate(batches, seconds: float) -> float:
         count += len(x)
         if i >= 2 and time.perf_counter() - start > seconds:
             break
-    return count / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    if hasattr(batches, "close"):
+        batches.close()  # stop prefetch workers
+    return count / elapsed
 
 
 def fancy_rate(path: Path, indices: np.ndarray, batch: int, seconds: float) -> float:
@@ -79,6 +117,7 @@ def main() -> None:
     parser.add_argument("--n-large", type=int, default=3_000, help="jets in the 125x125x3 file")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument("--train-threads", type=int, default=2, help="torch threads of the trainer measurement")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -87,7 +126,7 @@ def main() -> None:
             t0 = time.perf_counter()
             path = write_synthetic(Path(tmp) / f"jets{side}.h5", n, side)
             print(f"\n== {side}x{side}x3, {n:,} jets, chunk 1 + lzf, {path.stat().st_size / n / 1024:.1f} KiB/jet "
-                  f"on disk (written in {time.perf_counter() - t0:.1f} s); training needs ~{TRAINING_NEEDS[side]} img/s")
+                  f"on disk (written in {time.perf_counter() - t0:.1f} s)")
             reader = JetImageReader(path)
             train = make_splits(n, {"train": 0.5}, seed=0)["train"]
             pre = Preprocessor.fit(reader, train)
@@ -107,11 +146,20 @@ def main() -> None:
                 "memory, shuffled + preprocess": rate(batches(cached, pre), args.seconds),
                 "h5py fancy indexing (not used)": fancy_rate(path, train, args.batch, args.seconds),
                 "preprocess only (torch batch)": rate(((pre.transform(x), None) for _ in iter(int, 1)), args.seconds),
+                "prefetch 1 thread, + preprocess": rate(Prefetcher(batches(reader, pre, 2), workers=1), args.seconds),
+                "prefetch 2 threads, + preprocess": rate(Prefetcher(batches(reader, pre, 3), workers=2), args.seconds),
             }
             base = results["disk, shuffled"]
             for name, value in results.items():
                 print(f"  {name:34s} {value:>10,.0f} img/s   x{value / base:5.2f} vs disk")
             print(f"  (filling the in-memory cache of {len(train):,} jets took {fill:.2f} s)")
+            loader = max(results["prefetch 1 thread, + preprocess"], results["prefetch 2 threads, + preprocess"])
+            for variant, patch in TRAINERS[side]:
+                need = trainer_rate(side, variant, patch, args.batch, args.seconds, args.train_threads)
+                verdict = "ok" if loader >= 5 * need else "BELOW the 5x target"
+                print(f"  trainer {variant} patch {patch} ({(side // patch) ** 2} tokens), batch {args.batch}, "
+                      f"{args.train_threads} threads: consumes {need:,.0f} img/s -> loader (background, "
+                      f"preprocessed) / trainer = {loader / need:.1f}x  [{verdict}]", flush=True)
 
         path = write_synthetic(Path(tmp) / "chunk64.h5", args.n_small, 32, chunk_rows=64)
         reader = JetImageReader(path)
