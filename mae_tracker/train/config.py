@@ -79,9 +79,11 @@ class PretrainConfig(CommonConfig):
     image_jets: int = field(default=4, metadata={"help": "Jets per reconstruction grid."})
     image_scale: str = field(default="log", metadata={
         "help": "Colour scale of the grids: 'log' (3 decades below each jet's hottest pixel) or 'linear'."})
-    probe_train_jets: int = field(default=1000, metadata={
+    # 256 + 256 jets keep the online probe at ~4 % of a default epoch (measured: 1000 + 1000
+    # cost ~20 %, 512 + 512 ~11 %); larger sets give a steadier, higher AUC (sweeps may set them).
+    probe_train_jets: int = field(default=256, metadata={
         "help": "Labelled train-split jets for the per-epoch linear probe (val_probe_auc); 0 = off."})
-    probe_val_jets: int = field(default=1000, metadata={
+    probe_val_jets: int = field(default=256, metadata={
         "help": "Validation jets the per-epoch linear probe is scored on; 0 = off."})
     register_as: str = field(default="", metadata={"help": "Register the encoder under this model name."})
 

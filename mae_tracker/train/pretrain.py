@@ -97,7 +97,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
                 for split, images in (("train", grid_train), ("test", grid_test)):
                     _log_grid(model, images, data.info.channel_names, config, device,
                               f"reconstructions/{split}_epoch_{epoch:03d}.png",
-                              f"{split} jets, epoch {epoch}, mask ratio {config.mask_ratio}",
+                              f"{split} jets, epoch {epoch}, mask ratio {config.mask_ratio:.3g}",
                               figures=figures, run_id=run_id)
             loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                                  extra={"preprocessing": preprocessor.to_dict()})
