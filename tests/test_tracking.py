@@ -57,3 +57,40 @@ def test_arm_run_nests_under_the_active_run_and_a_pruned_one_ends_killed(jets_fi
     assert len(callback.seen) == 1 and 0.0 <= callback.seen[0] <= 1.0
     assert mlflow.get_run(parent.info.run_id).info.status == "FINISHED"
     assert mlflow.get_experiment_by_name("ignored-when-nested") is None
+
+
+class _Payload:
+    """Stands for code someone could hide in a checkpoint file."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoints_load_without_unpickling_code(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from mae_tracker.train import loop
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = loop.warmup_cosine(optimizer, 2, 10)
+    model(torch.rand(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    np.random.seed(5)
+    random.seed(5)
+    path = tmp_path / "checkpoint.pt"
+    loop.save_checkpoint(path, epoch=1, model=model, optimizer=optimizer, scheduler=scheduler,
+                         extra={"preprocessing": {"mean": [1.0]}, "best": {"state": model.state_dict()}})
+    expected = (np.random.rand(2), random.random(), torch.rand(1))
+    state = loop.load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler)
+    assert state["epoch"] == 1 and state["extra"]["preprocessing"] == {"mean": [1.0]}
+    assert np.array_equal(expected[0], np.random.rand(2)) and expected[1] == random.random()
+    assert torch.equal(expected[2], torch.rand(1))  # every RNG continues where it was saved
+
+    torch.save({"epoch": 0, "model": _Payload()}, path)
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        loop.load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler)

@@ -186,7 +186,7 @@ def save_checkpoint(path: Path, *, epoch: int, model: torch.nn.Module, optimizer
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+        "rng": {"python": random.getstate(), "numpy": _numpy_rng_state(),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "extra": extra or {},
@@ -194,6 +194,19 @@ def save_checkpoint(path: Path, *, epoch: int, model: torch.nn.Module, optimizer
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state as tensors and numbers (a pickled ndarray would need
+    torch.load(weights_only=False))."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["position"],
+                         state["has_gauss"], state["cached_gaussian"]))
 
 
 def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -206,14 +219,16 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     def read() -> dict[str, Any]:
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-        return torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint is tensors, numbers and strings; loading one never runs code,
+        # whoever wrote the file.
+        return torch.load(path, map_location="cpu", weights_only=True)
 
     state = distributed.on_main(read)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
+    _set_numpy_rng_state(state["rng"]["numpy"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
