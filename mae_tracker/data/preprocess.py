@@ -1,13 +1,19 @@
-"""Jet-image preprocessing from the reference work, fitted on the training split only.
+"""Jet-image preprocessing, fitted on the training split only.
 
 Steps, in order (the same for numpy and torch inputs, computed in float32):
 
 1. zero suppression: pixels below ``zero_threshold`` (1e-3) become 0 (detector noise floor);
-2. channel-wise z-score with the training split's mean/std (channels differ by orders of
-   magnitude: track pT vs calorimeter energy);
-3. clip at +-``clip_sigma`` (500) standard deviations (a few extreme pixels must not dominate);
-4. per-sample, per-channel min-max scaling to [0, 1]; a channel that is constant within a sample
-   (e.g. no tracks at all) becomes all zeros instead of 0/0 = NaN.
+2. ``pixel_transform``: "none" (the reference recipe) or "log1p" (energies span decades; the
+   statistics below are then those of log1p(pixel));
+3. ``pixel_scaling`` "sample-minmax" (the reference work's recipe, the default):
+   a. channel-wise z-score with the training split's mean/std (channels differ by orders of
+      magnitude: track pT vs calorimeter energy);
+   b. clip at +-``clip_sigma`` (500) standard deviations (a few extreme pixels must not dominate);
+   c. per-sample, per-channel min-max scaling to [0, 1]; a channel that is constant within a
+      sample (e.g. no tracks at all) becomes all zeros instead of 0/0 = NaN.
+   ``pixel_scaling`` "channel": divide by the training split's channel std and clip to
+   [0, clip_sigma]. No mean subtraction, so empty pixels stay exactly 0, and no per-sample
+   min-max, so each jet keeps its absolute scale (min-max throws that physics away).
 
 The fitted object is a few numbers; ``to_dict``/``from_dict`` let it travel (as JSON) with every
 logged model so that inference applies exactly the same transform.
@@ -22,7 +28,9 @@ import numpy as np
 import torch
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-FORMAT = "mae-tracker-preprocessor/1"
+FORMAT = "mae-tracker-preprocessor/1"  # dicts without the pixel_* fields load as the reference recipe
+PIXEL_TRANSFORMS = ("none", "log1p")
+PIXEL_SCALINGS = ("sample-minmax", "channel")
 
 
 STATS_READ_BYTES = 64 * 2**20  # decoded float32 images per read while fitting
@@ -41,15 +49,18 @@ def _memory_bounded(rows: np.ndarray, reader: Any) -> list[np.ndarray]:
 
 @dataclass
 class Preprocessor:
-    """Fitted preprocessing: per-channel ``mean``/``std`` plus the fixed recipe constants."""
+    """Fitted preprocessing: per-channel ``mean``/``std`` plus the recipe's settings."""
 
     mean: list[float]
     std: list[float]
     zero_threshold: float = 1e-3
     clip_sigma: float = 500.0
     stats_batch_size: int = 4096
+    pixel_transform: str = "none"
+    pixel_scaling: str = "sample-minmax"
 
     def __post_init__(self) -> None:
+        check_pixel_options(self.pixel_transform, self.pixel_scaling)
         self.mean = [float(m) for m in self.mean]
         self.std = [float(s) for s in self.std]
         if len(self.mean) != len(self.std) or not self.mean:
@@ -63,13 +74,16 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, reader: Any, indices: Any, *, batch_size: int = 4096, progress: bool = False,
-            zero_threshold: float = 1e-3, clip_sigma: float = 500.0) -> Preprocessor:
-        """Channel mean/std of zero-suppressed pixels over ``indices`` (pass the TRAIN split only).
+            zero_threshold: float = 1e-3, clip_sigma: float = 500.0, pixel_transform: str = "none",
+            pixel_scaling: str = "sample-minmax") -> Preprocessor:
+        """Channel mean/std of zero-suppressed, ``pixel_transform``-ed pixels over ``indices``
+        (pass the TRAIN split only).
 
         Streams batches of ``batch_size`` jets in file order and accumulates sum and sum of
         squares in float64, so the result does not depend on the batch size beyond rounding.
         ``reader`` is anything with ``read(indices) -> (images (n,C,H,W), labels)``.
         """
+        check_pixel_options(pixel_transform, pixel_scaling)
         rows = np.unique(np.asarray(indices, dtype=np.int64))  # file order reads fastest
         if rows.size == 0:
             raise ValueError("cannot fit preprocessing statistics on an empty index set")
@@ -86,6 +100,8 @@ class Preprocessor:
             for part in _memory_bounded(rows[start:start + batch_size], reader):
                 images, _ = reader.read(part)
                 images = np.where(images < zero_threshold, np.float32(0.0), images.astype(np.float32))
+                if pixel_transform == "log1p":
+                    np.log1p(images, out=images)
                 # float64 accumulation without float64 copies of the batch (einsum casts in buffers)
                 total = total + images.sum(axis=(0, 2, 3), dtype=np.float64)
                 total_sq = total_sq + np.einsum("nchw,nchw->c", images, images, dtype=np.float64)
@@ -93,7 +109,8 @@ class Preprocessor:
         mean = total / count
         var = np.maximum(total_sq / count - mean**2, 0.0)  # rounding can push it a hair below 0
         return cls(mean=mean.tolist(), std=np.sqrt(var).tolist(), zero_threshold=zero_threshold,
-                   clip_sigma=clip_sigma, stats_batch_size=batch_size)
+                   clip_sigma=clip_sigma, stats_batch_size=batch_size, pixel_transform=pixel_transform,
+                   pixel_scaling=pixel_scaling)
 
     def _safe_std(self) -> np.ndarray:
         # A channel that is constant over the whole training split has std 0: divide by 1
@@ -131,6 +148,11 @@ class Preprocessor:
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = self._safe_std().reshape(1, -1, 1, 1)
         z = np.where(x < np.float32(self.zero_threshold), np.float32(0.0), x.astype(np.float32, copy=False))
+        if self.pixel_transform == "log1p":
+            np.log1p(z, out=z)
+        if self.pixel_scaling == "channel":
+            z /= std  # a division (not a reciprocal product) so numpy and torch round alike
+            return np.clip(z, 0.0, self.clip_sigma, out=z)
         low, inverse = self._bounds(z.min(axis=(2, 3), keepdims=True), z.max(axis=(2, 3), keepdims=True),
                                     mean, std, np)
         z -= low.astype(np.float32)
@@ -144,7 +166,11 @@ class Preprocessor:
         # threshold() keeps x > t: with t the float32 just below zero_threshold that is exactly
         # "x >= zero_threshold", like numpy's, and it is one fused pass (torch.where costs ~4x more).
         below = float(np.nextafter(np.float32(self.zero_threshold), np.float32(-np.inf)))
-        z = torch.nn.functional.threshold(x, below, 0.0)
+        z = torch.nn.functional.threshold(x, below, 0.0)  # new memory: in-place below is safe
+        if self.pixel_transform == "log1p":
+            z.log1p_()
+        if self.pixel_scaling == "channel":
+            return z.div_(std).clamp_(0.0, self.clip_sigma)
         low, inverse = self._bounds(z.amin(dim=(2, 3), keepdim=True), z.amax(dim=(2, 3), keepdim=True),
                                     mean, std, torch)
         return z.sub_(low).mul_(inverse).clamp_(0.0, 1.0)
@@ -163,3 +189,11 @@ class Preprocessor:
         if unknown:
             raise ValueError(f"unknown preprocessor fields: {sorted(unknown)}")
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def check_pixel_options(pixel_transform: str, pixel_scaling: str) -> None:
+    """One-line ValueError for an unknown ``pixel_transform`` / ``pixel_scaling``."""
+    if pixel_transform not in PIXEL_TRANSFORMS:
+        raise ValueError(f"pixel_transform must be one of {', '.join(PIXEL_TRANSFORMS)}, got {pixel_transform!r}")
+    if pixel_scaling not in PIXEL_SCALINGS:
+        raise ValueError(f"pixel_scaling must be one of {', '.join(PIXEL_SCALINGS)}, got {pixel_scaling!r}")

@@ -5,6 +5,12 @@ transformer decoder gets the encoded visible tokens plus a shared learned mask t
 every masked position, and predicts the pixels of every patch. The loss is the per-patch
 MSE averaged over the masked patches only: reconstructing what the encoder saw is trivial
 and would dilute the signal.
+
+Two options for sparse images (jets are ~1 % occupied, and a decoder that predicts empty
+patches everywhere already scores a low plain MSE): ``occupied_pixel_weight`` weights the
+squared error of occupied target pixels (input > 0) against empty ones, and
+``occupied_patch_weight`` masks patches holding any occupied pixel more readily than empty
+ones. Both default to 1, which is the plain MAE (same loss, same masks for the same noise).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from mae_tracker.models.masking import gather_tokens, mask_to_map
+from mae_tracker.models.masking import gather_tokens, mask_to_map, occupancy_weighted_noise
 from mae_tracker.models.pos_embed import sincos_pos_embed_2d
 from mae_tracker.models.variants import EncoderConfig, MAEConfig, build_encoder
 from mae_tracker.models.vit import init_mae_weights
@@ -65,6 +71,8 @@ class MaskedAutoencoder(nn.Module):
         *,
         decoder_mlp_ratio: float = 4.0,
         encoder_on_all_tokens: bool | None = None,
+        occupied_pixel_weight: float = 1.0,
+        occupied_patch_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if encoder_on_all_tokens is not None and encoder_on_all_tokens != encoder_cfg.all_tokens:
@@ -72,7 +80,10 @@ class MaskedAutoencoder(nn.Module):
         # Validates the decoder settings too, and is what `config` hands back.
         self._config = MAEConfig(encoder=encoder_cfg, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
                                  decoder_heads=decoder_heads, decoder_mlp_ratio=decoder_mlp_ratio,
-                                 norm_pix_loss=norm_pix_loss)
+                                 norm_pix_loss=norm_pix_loss, occupied_pixel_weight=occupied_pixel_weight,
+                                 occupied_patch_weight=occupied_patch_weight)
+        self.occupied_pixel_weight = float(occupied_pixel_weight)
+        self.occupied_patch_weight = float(occupied_patch_weight)
         self.encoder = build_encoder(encoder_cfg)
         self.patch_size = encoder_cfg.patch_size
         self.in_chans = encoder_cfg.in_chans
@@ -107,6 +118,10 @@ class MaskedAutoencoder(nn.Module):
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         return unpatchify(patches, self.patch_size, self.grid_size, self.in_chans)
 
+    def patch_occupancy(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: the patch holds at least one occupied pixel (> 0) in any channel."""
+        return self.patchify(imgs).gt(0).any(dim=-1)
+
     def decode(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Encoder output (B, 1+n, D) -> pixel predictions (B, L, p*p*C) in patch order."""
         x = self.decoder_embed(latent)
@@ -131,14 +146,26 @@ class MaskedAutoencoder(nn.Module):
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean over masked patches of the per-patch MSE. An all-zero mask (mask_ratio=0)
-        falls back to the mean over all patches, i.e. a plain autoencoder loss."""
-        per_patch = (pred - self.target(imgs)).pow(2).mean(dim=-1)  # (B, L)
+        falls back to the mean over all patches, i.e. a plain autoencoder loss.
+
+        With ``occupied_pixel_weight`` w != 1 the per-patch MSE is a weighted mean: occupied
+        pixels (input > 0) count w, empty ones 1, so predicting zeros everywhere costs more."""
+        error = (pred - self.target(imgs)).pow(2)
+        if self.occupied_pixel_weight == 1.0:
+            per_patch = error.mean(dim=-1)  # (B, L); the plain MAE loss, bit for bit
+        else:
+            pixel_weight = torch.where(self.patchify(imgs) > 0, self.occupied_pixel_weight, 1.0).to(error.dtype)
+            per_patch = (error * pixel_weight).sum(dim=-1) / pixel_weight.sum(dim=-1)
         weights = torch.where(mask.sum() > 0, mask, torch.ones_like(mask))  # no host sync
         return (per_patch * weights).sum() / weights.sum()
 
     def forward(
         self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.occupied_patch_weight != 1.0 and mask_ratio > 0:
+            if noise is None:  # the draw the encoder would have made
+                noise = torch.rand(imgs.shape[0], self.num_patches, device=imgs.device)
+            noise = occupancy_weighted_noise(noise, self.patch_occupancy(imgs), self.occupied_patch_weight)
         latent, mask, ids_restore = self.encoder(imgs, mask_ratio, noise)
         pred = self.decode(latent, ids_restore)
         return self.forward_loss(imgs, pred, mask), pred, mask
@@ -174,6 +201,8 @@ def build_mae(cfg: MAEConfig) -> MaskedAutoencoder:
     """Fresh MaskedAutoencoder from a config (e.g. ``MAEConfig.from_dict`` of a logged one)."""
     model = MaskedAutoencoder(cfg.encoder, decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth,
                               decoder_heads=cfg.decoder_heads, norm_pix_loss=cfg.norm_pix_loss,
-                              decoder_mlp_ratio=cfg.decoder_mlp_ratio)
+                              decoder_mlp_ratio=cfg.decoder_mlp_ratio,
+                              occupied_pixel_weight=cfg.occupied_pixel_weight,
+                              occupied_patch_weight=cfg.occupied_patch_weight)
     model._config = cfg  # keep `extra` (variant name, ...) as given
     return model

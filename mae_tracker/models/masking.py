@@ -73,6 +73,21 @@ def random_token_mask(
     return TokenMask(mask=mask, ids_keep=ids_shuffle[:, :len_keep], ids_restore=ids_restore)
 
 
+def occupancy_weighted_noise(noise: torch.Tensor, occupied: torch.Tensor, weight: float) -> torch.Tensor:
+    """Masking noise that masks occupied tokens ``weight`` times as readily as empty ones.
+
+    Efraimidis-Spirakis: with keys ``u ** (1 / w)`` the tokens with the largest keys are a
+    weighted sample without replacement, and ``random_token_mask`` masks exactly the largest
+    keys (it keeps the smallest), so the mask count stays exactly the requested one. Empty tokens
+    keep their noise unchanged; ``weight`` 1 returns ``noise`` itself (the same masks as before).
+    ``occupied`` is (B, L) bool.
+    """
+    if weight == 1.0:
+        return noise
+    exponent = torch.where(occupied, torch.full_like(noise, 1.0 / weight), torch.ones_like(noise))
+    return noise.pow(exponent)
+
+
 def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """tokens (B, L, D), ids (B, n) -> (B, n, D)."""
     return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

@@ -157,6 +157,10 @@ class MAEConfig:
     decoder_heads: int = 4
     decoder_mlp_ratio: float = 4.0
     norm_pix_loss: bool = False
+    # Sparse images (see models.mae): loss weight of occupied target pixels vs empty ones, and
+    # masking weight of patches with any occupied pixel vs empty ones. 1 = the plain MAE.
+    occupied_pixel_weight: float = 1.0
+    occupied_patch_weight: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (variant name, ...)
 
     def __post_init__(self) -> None:
@@ -168,6 +172,7 @@ class MAEConfig:
             raise ValueError(f"decoder_dim {self.decoder_dim} is not divisible by decoder_heads {self.decoder_heads}")
         if self.decoder_dim % 4:
             raise ValueError(f"decoder_dim {self.decoder_dim} must be divisible by 4 (2D sin-cos position embedding)")
+        check_occupied_weights(self.occupied_pixel_weight, self.occupied_patch_weight)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -181,6 +186,14 @@ class MAEConfig:
         d = dict(d)
         d["encoder"] = EncoderConfig.from_dict(d["encoder"])
         return cls(**d)
+
+
+def check_occupied_weights(occupied_pixel_weight: float, occupied_patch_weight: float) -> None:
+    """Both weights are relative to 1 for empty pixels / patches: finite and > 0."""
+    for name, value in (("occupied_pixel_weight", occupied_pixel_weight),
+                        ("occupied_patch_weight", occupied_patch_weight)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0 (1 = off), got {value!r}")
 
 
 _FIXED_FIELDS = {"kind", "img_size", "in_chans", "patch_size"}
@@ -225,6 +238,8 @@ def mae_config(
     decoder_depth: int | None = None,
     decoder_heads: int | None = None,
     norm_pix_loss: bool = False,
+    occupied_pixel_weight: float = 1.0,
+    occupied_patch_weight: float = 1.0,
     **encoder_overrides: Any,
 ) -> MAEConfig:
     """MAEConfig for a named variant: its encoder (see encoder_config) and default decoder."""
@@ -235,7 +250,8 @@ def mae_config(
                        ("decoder_heads", decoder_heads)):
         if value is not None:
             dec[key] = value
-    return MAEConfig(encoder=enc, norm_pix_loss=norm_pix_loss, extra={"variant": variant}, **dec)
+    return MAEConfig(encoder=enc, norm_pix_loss=norm_pix_loss, occupied_pixel_weight=occupied_pixel_weight,
+                     occupied_patch_weight=occupied_patch_weight, extra={"variant": variant}, **dec)
 
 
 def build_encoder(cfg: EncoderConfig) -> nn.Module:
