@@ -155,9 +155,11 @@ for _arm in ("finetune", "probe", "scratch"):
 def _mount_commands() -> None:
     """Commands whose modules carry their own click command (so `python -m` works on them too)."""
     from mae_tracker.server import server as server_command
+    from mae_tracker.study.__main__ import main as study_command
     from mae_tracker.sweep.__main__ import main as sweep_command
 
     main.add_command(sweep_command, name="sweep")
+    main.add_command(study_command, name="study")
     main.add_command(server_command, name="server")
 
 

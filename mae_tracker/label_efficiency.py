@@ -1,7 +1,9 @@
 """Label efficiency: test AUC of finetune / probe / scratch against the number of labelled jets.
 
 One parent run; one child run per (arm, labelled fraction, seed), nested under it. Rerunning
-with the parent's id skips the children that finished and reruns the rest.
+with the parent's id skips the children that finished and reruns the rest. The classical
+baselines (``observable``, ``gbdt``, ``cnn``; see mae_tracker.baselines) may be listed as arms
+too: they train on exactly the same labelled jets and are scored on the same test jets.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from mae_tracker.train.config import DownstreamConfig
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_ARMS = ("finetune", "probe", "scratch")
+BASELINE_ARMS = ("observable", "gbdt", "cnn")
 KIND = "label-efficiency"
-PLAN_TAG = "label_efficiency_plan"  # JSON: encoder_uri, fractions, seeds, arms, overrides
+PLAN_TAG = "label_efficiency_plan"  # JSON: encoder_uri, fractions, seeds, arms and the overrides
 # Set by the study itself; everything else in DownstreamConfig may be overridden.
 RESERVED = ("arm", "encoder_uri", "label_fraction", "seed", "resume", "run_name", "experiment")
 # Taken from the encoder's pretrain run unless overridden: the downstream arms must use the
@@ -34,15 +37,21 @@ SPLIT_FIELDS = {"data": str, "split_seed": int, "pretrain_fraction": float, "tra
 
 def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | None = None,
                          seeds: Sequence[int] | None = None, arms: Sequence[str] | None = None,
-                         overrides: dict[str, Any] | None = None, experiment: str = "mae-tracker",
-                         resume: str = "", progress: bool = True) -> dict[str, Any]:
+                         overrides: dict[str, Any] | None = None,
+                         baseline_overrides: dict[str, Any] | None = None,
+                         fraction_overrides: dict[float, dict[str, Any]] | None = None,
+                         experiment: str = "mae-tracker", resume: str = "", progress: bool = True) -> dict[str, Any]:
     """Run every (arm, fraction, seed) from one encoder as child runs of one parent run.
 
     ``encoder_uri``: ``runs:/<id>/encoder`` or ``models:/<name>@<alias>``; scratch gets it too
     and borrows only its architecture and preprocessing. ``fractions`` of the labelled train
     split (default 1 %, 10 %, 100 %), ``seeds`` (default 0, 1, 2), ``arms`` (default all three),
     ``overrides``: any other DownstreamConfig field (epochs, batch_size, lr, ...); the data file
-    and split default to those of the encoder's pretrain run. ``resume``: the parent run id of
+    and split default to those of the encoder's pretrain run. Arms named in BASELINE_ARMS run
+    the classical baselines with ``baseline_overrides`` (BaselineConfig fields).
+    ``fraction_overrides`` maps a fraction to fields for every child at that fraction (e.g. more
+    epochs and a smaller batch for 1 % of the labels); a field goes to the children whose config
+    has it. ``resume``: the parent run id of
     an earlier call; its stored encoder, fractions, seeds, arms and overrides are used (giving
     different ones is an error), finished children are kept and the others rerun.
 
@@ -55,25 +64,22 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
     tracking.configure_tracking()
     client = mlflow.MlflowClient()
     requested = {"encoder_uri": encoder_uri or None, "fractions": _floats(fractions), "seeds": _ints(seeds),
-                 "arms": list(arms) if arms is not None else None, "overrides": overrides}
+                 "arms": list(arms) if arms is not None else None, "overrides": overrides,
+                 "baseline_overrides": baseline_overrides,
+                 "fraction_overrides": _fraction_keys(fraction_overrides)}
     plan = _stored_plan(client, resume, requested) if resume else {
         "encoder_uri": encoder_uri, "fractions": requested["fractions"] or list(DEFAULT_FRACTIONS),
         "seeds": requested["seeds"] or list(DEFAULT_SEEDS), "arms": requested["arms"] or list(DEFAULT_ARMS),
-        "overrides": dict(overrides or {})}
+        "overrides": dict(overrides or {}), "baseline_overrides": dict(baseline_overrides or {}),
+        "fraction_overrides": requested["fraction_overrides"] or {}}
     if not plan["encoder_uri"]:
         raise ValueError("label efficiency needs an encoder_uri (runs:/<run_id>/encoder or models:/<name>@<alias>)")
-    bad = sorted(set(plan["overrides"]) & set(RESERVED))
-    if bad:
-        raise ValueError(f"overrides may not set {bad}: the study sets them per child run")
-    unknown = sorted(set(plan["overrides"]) - {f.name for f in dataclasses.fields(DownstreamConfig)})
-    if unknown:
-        raise ValueError(f"unknown DownstreamConfig fields in overrides: {unknown}")
+    _check_plan(plan)
     settings, pretrain_run_id = _with_pretrain_split(client, plan["encoder_uri"], plan["overrides"])
-    configs = {(arm, fraction, seed): DownstreamConfig.for_arm(
-                   arm, encoder_uri=plan["encoder_uri"], label_fraction=fraction, seed=seed, experiment=experiment,
-                   run_name=f"{arm}-f{fraction:g}-s{seed}", **settings)
+    split = {name: settings[name] for name in SPLIT_FIELDS if name in settings}
+    configs = {(arm, fraction, seed): _child_config(plan, arm, fraction, seed, settings, split, experiment)
                for fraction in plan["fractions"] for arm in plan["arms"] for seed in plan["seeds"]}
-    jets = _check_label_counts(next(iter(configs.values())), plan["fractions"], plan["seeds"], progress)
+    jets = _check_label_counts(configs, progress)
 
     trained, skipped, failures = 0, 0, []
     # The shared run lifecycle: resume joins the parent, `mlflow run` makes the launcher's run
@@ -112,10 +118,69 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
     return {"run_id": parent_id, "table": table, "trained": trained, "skipped": skipped}
 
 
-def _train(config: DownstreamConfig) -> dict[str, Any]:
+def _train(config: Any) -> dict[str, Any]:
+    if not isinstance(config, DownstreamConfig):  # a classical baseline
+        from mae_tracker.baselines import run_baseline
+
+        return run_baseline(config, progress=False)
     from mae_tracker.train.downstream import train_classifier  # torch import only when training
 
     return train_classifier(config, progress=False)
+
+
+def _baseline_config_class() -> type:
+    from mae_tracker.baselines import BaselineConfig
+
+    return BaselineConfig
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _fraction_keys(fraction_overrides: dict[Any, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+    """JSON-safe keys ("0.01"), so that the stored plan compares equal to a new request."""
+    if fraction_overrides is None:
+        return None
+    return {f"{float(fraction):g}": dict(fields) for fraction, fields in fraction_overrides.items()}
+
+
+def _check_plan(plan: dict[str, Any]) -> None:
+    """Arms, override fields and fractions are checked before any run exists."""
+    unknown_arms = sorted(set(plan["arms"]) - set(DEFAULT_ARMS) - set(BASELINE_ARMS))
+    if unknown_arms:
+        raise ValueError(f"unknown arms {unknown_arms}; use {', '.join(DEFAULT_ARMS + BASELINE_ARMS)}")
+    baseline_fields = _field_names(_baseline_config_class()) if set(plan["arms"]) & set(BASELINE_ARMS) else set()
+    sections = [("overrides", plan["overrides"], _field_names(DownstreamConfig)),
+                ("baseline_overrides", plan["baseline_overrides"], baseline_fields or _field_names(DownstreamConfig))]
+    sections += [(f"fraction_overrides[{key}]", fields, _field_names(DownstreamConfig) | baseline_fields)
+                 for key, fields in plan["fraction_overrides"].items()]
+    for where, fields, allowed in sections:
+        bad = sorted(set(fields) & set(RESERVED + ("kind",)))
+        if bad:
+            raise ValueError(f"{where} may not set {bad}: the study sets them per child run")
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise ValueError(f"unknown fields in {where}: {unknown}")
+    stray = sorted(set(plan["fraction_overrides"]) - {f"{f:g}" for f in plan["fractions"]})
+    if stray:
+        raise ValueError(f"fraction_overrides for {stray}, which are not among the fractions {plan['fractions']}")
+
+
+def _child_config(plan: dict[str, Any], arm: str, fraction: float, seed: int, settings: dict[str, Any],
+                  split: dict[str, Any], experiment: str) -> Any:
+    """One child's config: arm defaults < overrides < this fraction's overrides (fields it has)."""
+    common = {"label_fraction": fraction, "seed": seed, "experiment": experiment,
+              "run_name": f"{arm}-f{fraction:g}-s{seed}"}
+    per_fraction = plan["fraction_overrides"].get(f"{fraction:g}", {})
+    if arm in BASELINE_ARMS:
+        cls = _baseline_config_class()
+        names = _field_names(cls)
+        fields = {**split, **plan["baseline_overrides"], **{k: v for k, v in per_fraction.items() if k in names}}
+        return cls(kind=arm, **common, **fields)
+    names = _field_names(DownstreamConfig)
+    fields = {**settings, **{k: v for k, v in per_fraction.items() if k in names}}
+    return DownstreamConfig.for_arm(arm, encoder_uri=plan["encoder_uri"], **common, **fields)
 
 
 def _say(progress: bool, line: str) -> None:
@@ -139,7 +204,7 @@ def _stored_plan(client: mlflow.MlflowClient, parent_id: str, requested: dict[st
         raise ValueError(f"cannot resume label-efficiency run {parent_id!r}: {str(err).splitlines()[0]}") from err
     if parent.data.tags.get("kind") != KIND:
         raise ValueError(f"run {parent_id} is not a label-efficiency parent run (no tag kind={KIND})")
-    plan = json.loads(parent.data.tags[PLAN_TAG])
+    plan = {"baseline_overrides": {}, "fraction_overrides": {}, **json.loads(parent.data.tags[PLAN_TAG])}
     for key, value in requested.items():
         if value is not None and value != plan[key]:
             raise ValueError(f"run {parent_id} was started with {key}={plan[key]!r}, not {value!r}; "
@@ -166,22 +231,22 @@ def _with_pretrain_split(client: mlflow.MlflowClient, encoder_uri: str, override
     return settings, pretrain_run_id
 
 
-def _check_label_counts(config: DownstreamConfig, fractions: Sequence[float], seeds: Sequence[int],
-                        progress: bool) -> dict[tuple[float, int], int]:
-    """Labelled jets per (fraction, seed), exactly as train_classifier will subsample them;
-    a fraction below one batch fails here, before any run exists."""
+def _check_label_counts(configs: dict[tuple[str, float, int], Any], progress: bool
+                        ) -> dict[tuple[float, int], int]:
+    """Labelled jets per (fraction, seed), exactly as the children will subsample them; a
+    fraction below one batch of any child fails here, before any run exists."""
     from mae_tracker.train.data import prepare_data, subsample
 
-    train = prepare_data(config, progress=progress).splits["train"]
-    jets = {(f, s): len(subsample(train, f, s)) for f in fractions for s in seeds}
-    small = sorted({f for (f, _), n in jets.items() if n < config.batch_size})
-    if small:
-        fewest = min(jets.values())
-        raise ValueError(
-            f"label fraction {small[0]:g} gives {fewest} labelled jets (train split: {len(train)}), fewer "
-            f"than one batch of {config.batch_size}: use a batch_size of at most {fewest} "
-            f"(overrides={{'batch_size': {fewest}}}) or fractions of at least "
-            f"{config.batch_size / len(train):.3g}")
+    train = prepare_data(next(iter(configs.values())), progress=progress).splits["train"]
+    jets = {(f, s): len(subsample(train, f, s)) for (_, f, s) in configs}
+    for (arm, fraction, seed), config in configs.items():
+        n = jets[(fraction, seed)]
+        if n < config.batch_size:
+            raise ValueError(
+                f"label fraction {fraction:g} gives {n} labelled jets (train split: {len(train)}), fewer "
+                f"than one batch of {config.batch_size} ({arm}): use a batch_size of at most {n} "
+                f"(overrides={{'batch_size': {n}}}, or for this fraction only fraction_overrides) or "
+                f"fractions of at least {config.batch_size / len(train):.3g}")
     return jets
 
 
@@ -192,7 +257,9 @@ def _describe_parent(plan: dict[str, Any], pretrain_run_id: str) -> None:
                      PLAN_TAG: json.dumps(plan, sort_keys=True)})
     tracking.log_params_once({"encoder_uri": plan["encoder_uri"], "fractions": json.dumps(plan["fractions"]),
                               "seeds": json.dumps(plan["seeds"]), "arms": json.dumps(plan["arms"]),
-                              "overrides": json.dumps(plan["overrides"], sort_keys=True)})
+                              "overrides": json.dumps(plan["overrides"], sort_keys=True),
+                              "baseline_overrides": json.dumps(plan["baseline_overrides"], sort_keys=True),
+                              "fraction_overrides": json.dumps(plan["fraction_overrides"], sort_keys=True)})
 
 
 def _finished_children(client: mlflow.MlflowClient, experiment_id: str, parent_id: str

@@ -68,13 +68,13 @@ def check_type(value: Any, kind: str, key: str, fail: Fail, field: str = "") -> 
 
 
 def config_fields(values: dict[str, Any], cls: type, reserved: tuple[str, ...], section: str,
-                  fail: Fail) -> dict[str, Any]:
+                  fail: Fail, owner: str = "the sweep") -> dict[str, Any]:
     """Check a `fixed` / `downstream` section against the config dataclass's fields and types."""
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in fields or key in reserved:
             allowed = ", ".join(n for n in fields if n not in reserved)
-            why = "is set by the sweep" if key in reserved else f"not a {cls.__name__} field"
+            why = f"is set by {owner}" if key in reserved else f"not a {cls.__name__} field"
             raise fail(f"{section}.{key}", f"{why}; allowed: {allowed}")
         if fields[key] == "float" and isinstance(value, str):
             value = values[key] = number(value, f"{section}.{key}", fail)

@@ -1,0 +1,193 @@
+"""A study's YAML file -> a validated :class:`StudySpec`.
+
+A study is the physics question "does MAE pretraining pay off here, and by how much?" as one
+resumable command: data (generated once and cached), a sweep for the MAE, the best
+configuration pretrained for longer, then probe / finetune / scratch and the classical
+baselines at several labelled fractions and seeds, and the report. Everything is checked
+here, before any data, study or run exists; each problem is one line naming the file and key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mae_tracker.sweep.checks import (Fail, SweepSpecError, check_keys, config_fields, integer, mapping,
+                                      number)
+from mae_tracker.sweep.spec import SweepSpec, load_spec
+from mae_tracker.train.config import DownstreamConfig, PretrainConfig
+
+TOP_KEYS = ("name", "description", "data", "sweep", "pretrain", "arms", "baselines", "fractions", "seeds",
+            "downstream", "baseline", "by_fraction")
+DATA_KEYS = ("file", "task", "n_jets", "seed", "preset", "channels", "mpi", "pt_min", "pt_max", "eta_max")
+ARMS = ("probe", "finetune", "scratch")
+BASELINES = ("observable", "gbdt", "cnn")
+# Set by the study for every run, so no section may set them.
+STUDY_OWNED = ("experiment", "run_name", "resume", "register_as", "data", "arm", "encoder_uri",
+               "label_fraction", "seed", "kind")
+# The long pretraining inherits the split of the sweep (the data is the study's): a different
+# split here would let the downstream test jets leak into pretraining.
+SPLIT_OWNED = ("split_seed", "pretrain_fraction", "train_fraction", "val_fraction", "test_fraction")
+
+
+class StudySpecError(SweepSpecError):
+    """A problem in a study YAML: one line, naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study: its data, its sweep, and the grid of downstream runs."""
+
+    path: Path
+    text: str  # the YAML as written, logged on the study's parent run as study.yaml
+    name: str
+    data: dict[str, Any]  # {"file": path} or generator settings (task, n_jets, seed, ...)
+    sweep: SweepSpec
+    pretrain: dict[str, Any]  # PretrainConfig fields over the sweep's fixed fields and best parameters
+    arms: tuple[str, ...]
+    baselines: tuple[str, ...]
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
+    downstream: dict[str, Any]  # DownstreamConfig fields of every probe / finetune / scratch run
+    baseline: dict[str, Any]  # BaselineConfig fields of every baseline run
+    by_fraction: dict[float, dict[str, Any]] = field(default_factory=dict)  # per labelled fraction
+    description: str = ""
+
+    @property
+    def experiment(self) -> str:
+        """The sweep's experiment: the study's runs nest under one parent there."""
+        return self.sweep.experiment
+
+
+def load_study_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study YAML; raises :class:`StudySpecError` (one line) on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise StudySpecError(f"{path}: cannot read the study file ({err.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise StudySpecError(f"{path}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    return parse_study_spec(raw, path=path, text=text)
+
+
+def parse_study_spec(raw: Any, *, path: Path, text: str = "") -> StudySpec:
+    def fail(key: str, message: str) -> StudySpecError:
+        return StudySpecError(f"{path}: {key}: {message}")
+
+    if not isinstance(raw, dict):
+        raise StudySpecError(f"{path}: the study file must be a mapping of keys ({', '.join(TOP_KEYS)})")
+    check_keys(raw, TOP_KEYS, "", fail)
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise fail("name", "must be a non-empty string")
+    sweep = _sweep(raw.get("sweep"), path, fail)
+    pretrain = config_fields(mapping(raw, "pretrain", fail), PretrainConfig, STUDY_OWNED + SPLIT_OWNED,
+                             "pretrain", fail, owner="the study")
+    downstream = config_fields(mapping(raw, "downstream", fail), DownstreamConfig, STUDY_OWNED + SPLIT_OWNED,
+                               "downstream", fail, owner="the study")
+    baselines = _names(raw.get("baselines", list(BASELINES)), BASELINES, "baselines", fail)
+    baseline = _baseline_fields(mapping(raw, "baseline", fail), fail) if baselines else {}
+    fractions = tuple(_fraction(v, f"fractions[{i}]", fail) for i, v in enumerate(_list(raw, "fractions",
+                                                                                       [0.01, 0.1, 1.0], fail)))
+    seeds = tuple(integer(v, f"seeds[{i}]", fail, minimum=0) for i, v in enumerate(_list(raw, "seeds",
+                                                                                         [0, 1, 2], fail)))
+    if len(set(fractions)) != len(fractions) or len(set(seeds)) != len(seeds):
+        raise fail("fractions" if len(set(fractions)) != len(fractions) else "seeds", "has duplicates")
+    by_fraction = _by_fraction(mapping(raw, "by_fraction", fail), fractions, bool(baselines), fail)
+    return StudySpec(path=path, text=text, name=name.strip(), data=_data(raw.get("data"), path, fail), sweep=sweep,
+                     pretrain=pretrain, arms=_names(raw.get("arms", list(ARMS)), ARMS, "arms", fail),
+                     baselines=baselines, fractions=fractions, seeds=seeds, downstream=downstream,
+                     baseline=baseline, by_fraction=by_fraction, description=str(raw.get("description", "")))
+
+
+def _sweep(raw: Any, path: Path, fail: Fail) -> SweepSpec:
+    """The sweep YAML, relative to the study file; its problems keep the sweep file's name."""
+    if not isinstance(raw, str) or not raw:
+        raise fail("sweep", "must name a sweep YAML file (relative to this file), e.g. study-qg-sweep.yaml")
+    sweep_path = (path.parent / raw) if not Path(raw).is_absolute() else Path(raw)
+    if not sweep_path.exists():
+        raise fail("sweep", f"no such sweep file: {sweep_path}")
+    return load_spec(sweep_path)
+
+
+def _data(raw: Any, path: Path, fail: Fail) -> dict[str, Any]:
+    if not isinstance(raw, dict) or not raw:
+        raise fail("data", "must be {file: PATH} or generator settings {task, n_jets, seed, preset, ...}")
+    check_keys(raw, DATA_KEYS, "data.", fail)
+    if "file" in raw:
+        if len(raw) > 1:
+            raise fail("data.file", "give either a file or generator settings, not both")
+        file = Path(str(raw["file"])).expanduser()
+        return {"file": str(file if file.is_absolute() else (path.parent / file).resolve())}
+    settings = dict(raw)
+    settings.setdefault("task", "quark-gluon")
+    integer(settings.get("n_jets", 0), "data.n_jets", fail, minimum=2)
+    from mae_tracker.data.tasks import make_config
+
+    try:
+        make_config(**settings)  # the generator's own checks, now rather than after the sweep
+    except (ValueError, TypeError) as err:
+        raise fail("data", str(err)) from None
+    return settings
+
+
+def _names(raw: Any, allowed: tuple[str, ...], key: str, fail: Fail) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or any(v not in allowed for v in raw) or len(set(raw)) != len(raw):
+        raise fail(key, f"must be a list of distinct names from {', '.join(allowed)}, got {raw!r}")
+    return tuple(raw)
+
+
+def _list(raw: dict[str, Any], key: str, default: list[Any], fail: Fail) -> list[Any]:
+    value = raw.get(key, default)
+    if not isinstance(value, list) or not value:
+        raise fail(key, f"must be a non-empty list, got {value!r}")
+    return value
+
+
+def _fraction(value: Any, key: str, fail: Fail) -> float:
+    value = float(number(value, key, fail))
+    if not 0.0 < value <= 1.0:
+        raise fail(key, f"must be in (0, 1], got {value}")
+    return value
+
+
+def _baseline_fields(values: dict[str, Any], fail: Fail) -> dict[str, Any]:
+    from mae_tracker.baselines import BaselineConfig
+
+    return config_fields(values, BaselineConfig, STUDY_OWNED + SPLIT_OWNED, "baseline", fail, owner="the study")
+
+
+def _by_fraction(raw: dict[Any, Any], fractions: tuple[float, ...], with_baselines: bool, fail: Fail
+                 ) -> dict[float, dict[str, Any]]:
+    """Fields for every run at one labelled fraction (e.g. more epochs for 1 % of the labels)."""
+    from dataclasses import fields as dataclass_fields
+
+    allowed = {f.name: f.type for f in dataclass_fields(DownstreamConfig)}
+    if with_baselines:
+        from mae_tracker.baselines import BaselineConfig
+
+        allowed.update({f.name: f.type for f in dataclass_fields(BaselineConfig)})
+    result: dict[float, dict[str, Any]] = {}
+    for key, values in raw.items():
+        fraction = _fraction(key, f"by_fraction.{key}", fail)
+        if fraction not in fractions:
+            raise fail(f"by_fraction.{key}", f"is not one of the fractions {list(fractions)}")
+        if not isinstance(values, dict):
+            raise fail(f"by_fraction.{key}", "must be a mapping of config fields")
+        for name, value in values.items():
+            if name not in allowed or name in STUDY_OWNED + SPLIT_OWNED:
+                raise fail(f"by_fraction.{key}.{name}", "not a field a study may set per fraction")
+            if allowed[name] == "float":
+                values[name] = float(number(value, f"by_fraction.{key}.{name}", fail))
+            elif allowed[name] == "int":
+                integer(value, f"by_fraction.{key}.{name}", fail, minimum=0)
+        result[fraction] = dict(values)
+    return result
