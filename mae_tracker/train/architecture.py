@@ -24,4 +24,5 @@ def build_mae_config(config: PretrainConfig, data: RunData) -> MAEConfig:
         if getattr(config, name):
             decoder[name] = getattr(config, name)
     return MAEConfig(encoder=build_encoder_config(config, data), norm_pix_loss=config.norm_pix_loss,
-                     extra={"variant": config.variant}, **decoder)
+                     occupied_pixel_weight=config.occupied_pixel_weight,
+                     occupied_patch_weight=config.occupied_patch_weight, extra={"variant": config.variant}, **decoder)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 ARMS = ("pretrain", "finetune", "probe", "scratch")
+# What an empty pixel_transform / pixel_scaling means without an encoder to inherit from: the
+# reference work's recipe (the numbers every earlier run was made with).
+REFERENCE_PIXEL_OPTIONS = {"pixel_transform": "none", "pixel_scaling": "sample-minmax"}
 
 
 @dataclass
@@ -23,6 +26,12 @@ class CommonConfig:
     train_fraction: float = 0.3
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    pixel_transform: str = field(default="", metadata={
+        "help": "Before scaling: 'none' or 'log1p' of the zero-suppressed pixel; '' = the encoder's "
+                "(downstream with an encoder) or 'none'."})
+    pixel_scaling: str = field(default="", metadata={
+        "help": "'sample-minmax' (reference: z-score, clip, per-jet min-max) or 'channel' (divide by the "
+                "train split's channel std, empty pixels stay 0); '' = the encoder's or 'sample-minmax'."})
     variant: str = field(default="vit-nano", metadata={"help": "Encoder variant (see mae_tracker.models.variants)."})
     patch_size: int = field(default=0, metadata={"help": "Patch size; 0 = the variant's default."})
     depth: int = field(default=0, metadata={"help": "Encoder depth override; 0 = the variant's."})
@@ -52,6 +61,13 @@ class CommonConfig:
     checkpoint_dir: str = field(default="", metadata={"help": "Where epoch checkpoints go; empty = cache dir."})
     resume: str = field(default="", metadata={"help": "Run id of an interrupted run to continue."})
 
+    def __post_init__(self) -> None:
+        if self.pixel_transform or self.pixel_scaling:  # imported only when set: keeps `--help` light
+            from mae_tracker.data.preprocess import check_pixel_options
+
+            resolved = resolve_pixel_options(self)
+            check_pixel_options(resolved.pixel_transform, resolved.pixel_scaling)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -70,6 +86,11 @@ class PretrainConfig(CommonConfig):
 
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
+    occupied_pixel_weight: float = field(default=1.0, metadata={
+        "help": "Reconstruction loss weight of occupied target pixels (input > 0) vs empty ones; 1 = plain MSE."})
+    occupied_patch_weight: float = field(default=1.0, metadata={
+        "help": "Masking weight of patches with any occupied pixel vs empty ones (same mask count); "
+                "1 = uniform random masking."})
     decoder_dim: int = field(default=0, metadata={"help": "Decoder width; 0 = the variant's."})
     decoder_depth: int = field(default=0, metadata={"help": "Decoder depth; 0 = the variant's."})
     decoder_heads: int = field(default=0, metadata={"help": "Decoder heads; 0 = the variant's."})
@@ -88,10 +109,15 @@ class PretrainConfig(CommonConfig):
     register_as: str = field(default="", metadata={"help": "Register the encoder under this model name."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.image_scale not in ("log", "linear"):
             raise ValueError(f"image_scale must be 'log' or 'linear', got {self.image_scale!r}")
+        if (self.occupied_pixel_weight, self.occupied_patch_weight) != (1.0, 1.0):
+            from mae_tracker.models.variants import check_occupied_weights
+
+            check_occupied_weights(self.occupied_pixel_weight, self.occupied_patch_weight)
 
     def display_name(self) -> str:
         """A run name a person can read in the MLflow UI: arm, variant, the settings that matter."""
@@ -123,12 +149,24 @@ class DownstreamConfig(CommonConfig):
         return cls(arm=arm, **{**ARM_DEFAULTS.get(arm, {}), **overrides})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.arm not in ARMS[1:]:
             raise ValueError(f"arm must be one of {ARMS[1:]}, got {self.arm!r}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if self.arm in ("finetune", "probe") and not self.encoder_uri and not self.resume:
             raise ValueError(f"{self.arm} needs an encoder_uri (runs:/<run_id>/encoder or models:/<name>@<alias>)")
+
+
+ConfigT = TypeVar("ConfigT", bound=CommonConfig)
+
+
+def resolve_pixel_options(config: ConfigT, defaults: dict[str, str] | None = None) -> ConfigT:
+    """``config`` with empty pixel_transform / pixel_scaling filled from ``defaults`` (default:
+    the reference recipe), so the config that gets logged says what the run really did."""
+    defaults = REFERENCE_PIXEL_OPTIONS if defaults is None else defaults
+    changes = {name: defaults[name] for name in REFERENCE_PIXEL_OPTIONS if not getattr(config, name)}
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 # Defaults per downstream arm, for the CPU-sized budget (10 epochs of a few thousand jets).

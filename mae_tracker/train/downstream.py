@@ -125,17 +125,32 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
 
 def _starting_encoder(config: DownstreamConfig, data: RunData, train_indices: np.ndarray,
                       progress: bool) -> tuple[torch.nn.Module, Preprocessor, dict[str, Any]]:
-    """Pretrained weights (finetune, probe) or the same architecture at random (scratch)."""
+    """Pretrained weights (finetune, probe) or the same architecture at random (scratch).
+
+    With an encoder its preprocessing is used (the weights only make sense on it): an explicit,
+    different pixel_transform / pixel_scaling is an error. Without one the preprocessing is
+    fitted on the labelled jets with the config's options ("" = the reference recipe).
+    """
     if config.encoder_uri:
         wrapper, meta = tracking.load_encoder(config.encoder_uri)
         encoder_cfg = EncoderConfig.from_dict(meta["encoder_config"])
         _check_shape(encoder_cfg, data)
         preprocessor = Preprocessor.from_dict(meta["preprocessing"])
+        for name in ("pixel_transform", "pixel_scaling"):
+            wanted, used = getattr(config, name), getattr(preprocessor, name)
+            if wanted and wanted != used:
+                raise ValueError(f"{name} {wanted!r} differs from the encoder's {used!r}; leave it empty to "
+                                 f"use the encoder's preprocessing")
         if config.arm == "scratch":  # only the architecture is borrowed
             return build_encoder(encoder_cfg), preprocessor, meta
         return wrapper.encoder, preprocessor, meta
+    from mae_tracker.train.config import resolve_pixel_options  # local: this function's own need
+
     encoder = build_encoder(build_encoder_config(config, data))
-    return encoder, Preprocessor.fit(data.reader, train_indices, progress=progress), {}
+    options = resolve_pixel_options(config)
+    return encoder, Preprocessor.fit(data.reader, train_indices, progress=progress,
+                                     pixel_transform=options.pixel_transform,
+                                     pixel_scaling=options.pixel_scaling), {}
 
 
 def _check_shape(encoder_cfg: EncoderConfig, data: RunData) -> None:

@@ -16,7 +16,7 @@ from mae_tracker.models.mae import MAEConfig, build_mae
 from mae_tracker.train import distributed, loop, plots, tracking
 from mae_tracker.train.background import BackgroundLogger, log_figure_job
 from mae_tracker.train.architecture import build_mae_config
-from mae_tracker.train.config import PretrainConfig
+from mae_tracker.train.config import PretrainConfig, resolve_pixel_options
 from mae_tracker.train.data import RunData, prepare_data
 from mae_tracker.train.monitor import ProbeMonitor
 
@@ -31,7 +31,8 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
     """
     ctx = distributed.init(config.device)  # under torchrun: rank 0 alone talks to MLflow
     progress = progress and ctx.is_main
-    config = distributed.on_main(tracking.resumed_config, config)
+    # "" pixel options become the reference recipe here, so the logged config says what was run.
+    config = resolve_pixel_options(distributed.on_main(tracking.resumed_config, config))
     data = distributed.on_main(prepare_data, config, progress=progress)
     device = loop.start(config)
     train_indices = data.splits["pretrain"]
@@ -59,7 +60,9 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
             start_epoch = state["epoch"] + 1
         else:
             # Statistics from the training split only; they travel with the logged models.
-            preprocessor = distributed.on_main(Preprocessor.fit, data.reader, train_indices, progress=progress)
+            preprocessor = distributed.on_main(Preprocessor.fit, data.reader, train_indices, progress=progress,
+                                               pixel_transform=config.pixel_transform,
+                                               pixel_scaling=config.pixel_scaling)
         if not config.resume and ctx.is_main:
             tracking.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
                                     {"pretrain": len(train_indices), "test": len(test_indices)})
