@@ -247,3 +247,31 @@ def test_same_seed_same_numbers_downstream(jets_file):
     other = train_classifier(small_downstream("scratch", jets_file, epochs=2, variant="hybrid-nano", seed=4),
                              progress=False)
     assert history(other["run_id"], "train_loss") != history(first["run_id"], "train_loss")
+
+
+def test_probe_trained_on_cached_features_scores_raw_images_the_same(pretrained, jets_file):
+    """The probe trains its head on features computed once; the logged tagger (encoder + head on
+    raw images) must give the test scores the run logged."""
+    from mae_tracker.train.data import prepare_data
+    from mae_tracker.train.features import FrozenFeatures
+
+    config = small_downstream("probe", jets_file, encoder_uri=pretrained["encoder_uri"])
+    result = train_classifier(config, progress=False)
+    tagger = mlflow.pytorch.load_model(f"runs:/{result['run_id']}/classifier")
+    data = prepare_data(config, progress=False)
+    test = np.sort(data.splits["test"])
+    raw, _ = data.reader.read(test)
+    scores = tagger(torch.from_numpy(np.ascontiguousarray(raw.transpose(0, 2, 3, 1)))).detach().numpy()
+    logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result["run_id"],
+                                                             artifact_path="test_predictions.csv"))
+    np.testing.assert_allclose(scores, logged["score"].to_numpy(), atol=1e-5)
+    # features read back by index equal the encoder's on the same jets, in any order
+    encoder = tagger.classifier.encoder
+    features = FrozenFeatures(data.reader, test, encoder, tagger.preprocessor)
+    order = test[::-1][:7]
+    images, _ = data.reader.read(order)
+    with torch.no_grad():
+        direct = encoder.features(tagger.preprocessor.transform(torch.from_numpy(images))).numpy()
+    np.testing.assert_allclose(features.read(order)[0], direct, atol=1e-5)
+    with pytest.raises(IndexError):
+        features.read(np.array([int(data.splits["train"][0])]))

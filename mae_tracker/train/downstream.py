@@ -23,6 +23,7 @@ from mae_tracker.train import distributed, loop, plots, tracking
 from mae_tracker.train.config import DownstreamConfig
 from mae_tracker.train.architecture import build_encoder_config
 from mae_tracker.train.data import RunData, prepare_data, subsample
+from mae_tracker.train.features import FrozenFeatures
 
 
 def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | None = None,
@@ -71,17 +72,28 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
 
         loss_fn = torch.nn.BCEWithLogitsLoss()
         train_model = loop.for_training(model, config, device)  # DDP / torch.compile; same weights
+        # A linear probe's encoder never changes, so its features are computed once and every
+        # epoch trains the head on them: same batches, same numbers, a matrix multiply per step.
+        # Under torchrun the image path keeps DDP's gradient sync.
+        source, source_preprocessor, scorer = data.reader, preprocessor, model
+        if config.arm == "probe" and not ctx.enabled:
+            source = FrozenFeatures(data.reader, np.concatenate([train_indices, data.splits["val"],
+                                                                 data.splits["test"]]),
+                                    model.encoder, preprocessor, pool=config.pool, batch_size=config.batch_size,
+                                    device=device)
+            train_model = scorer = HeadOnFeatures(model)
+            source_preprocessor = None
         metrics: dict[str, float] = {}
         for epoch in range(start_epoch, config.epochs):
             model.train()
             metrics = loop.train_one_epoch(
-                data.reader, train_indices, preprocessor, config, epoch,
+                source, train_indices, source_preprocessor, config, epoch,
                 lambda images, labels: loss_fn(train_model(images).float(), labels.float()),
                 optimizer, scheduler, progress=progress, desc=f"{config.arm} epoch {epoch}", device=device)
             if not ctx.is_main:  # validation, logging and checkpoints are rank 0's
                 distributed.barrier()
                 continue
-            labels, scores = predict(model, data, data.splits["val"], preprocessor, config.batch_size, device)
+            labels, scores = predict(scorer, source, data.splits["val"], source_preprocessor, config.batch_size, device)
             metrics.update(_scores("val", labels, scores))
             mlflow.log_metrics(metrics, step=epoch)
             # Model selection on validation only, by log-loss: AUC alone can pick an early epoch
@@ -98,7 +110,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
         if not ctx.is_main:
             return distributed.broadcast_object(None)  # rank 0's result, once its run has ended
         model.load_state_dict(best["state"])
-        labels, scores = predict(model, data, data.splits["test"], preprocessor, config.batch_size, device)
+        labels, scores = predict(scorer, source, data.splits["test"], source_preprocessor, config.batch_size, device)
         final = {**_scores("test", labels, scores), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                  "best_val_auc": best["val_auc"], "best_val_acc": best["val_acc"]}
         mlflow.log_metrics(final)
@@ -160,13 +172,25 @@ def _check_shape(encoder_cfg: EncoderConfig, data: RunData) -> None:
                          f"{data.info.image_shape}")
 
 
+class HeadOnFeatures(torch.nn.Module):
+    """The classifier's head alone, on precomputed pooled features (B, D) -> logits (B,)."""
+
+    def __init__(self, classifier: JetClassifier) -> None:
+        super().__init__()
+        self.head = classifier.head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features).squeeze(-1)
+
+
 @torch.no_grad()
-def predict(model: JetClassifier, data: RunData, indices: np.ndarray, preprocessor: Preprocessor,
+def predict(model: torch.nn.Module, data: RunData | Any, indices: np.ndarray, preprocessor: Preprocessor | None,
             batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and quark probabilities for the given jets, in index order."""
+    """Labels and signal probabilities for the given jets, in index order. ``data``: the run's
+    data or any reader (e.g. FrozenFeatures, with ``model`` a HeadOnFeatures)."""
     model.eval()
     labels, scores = [], []
-    for images, batch_labels in iterate_batches(data.reader, indices, batch_size, shuffle=False,
+    for images, batch_labels in iterate_batches(getattr(data, "reader", data), indices, batch_size, shuffle=False,
                                                 preprocessor=preprocessor):
         scores.append(torch.sigmoid(model(images.to(device))).cpu().numpy())
         labels.append(batch_labels.numpy())
