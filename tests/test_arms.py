@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from mae_tracker.data.jetfile import file_digest
 from mae_tracker.train import loop
-from mae_tracker.train.config import DownstreamConfig, PretrainConfig
+from mae_tracker.train.config import DownstreamConfig, PretrainConfig, resolve_pixel_options
 from mae_tracker.train.downstream import train_classifier
 from mae_tracker.train.pretrain import pretrain
 
@@ -71,7 +71,7 @@ def test_pretrain_run_holds_params_provenance_images_and_models(pretrained, jets
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    config = small_pretrain(jets_file, register_as=REGISTERED).to_dict()
+    config = resolve_pixel_options(small_pretrain(jets_file, register_as=REGISTERED)).to_dict()  # as logged
     for key, value in config.items():
         assert params[key] == str(value), key
     assert int(params["split_pretrain"]) == 400 and int(params["split_test"]) == 100
