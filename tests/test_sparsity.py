@@ -191,7 +191,12 @@ def test_old_preprocessing_dicts_load_as_the_reference_recipe_and_bad_options_fa
         Preprocessor.fit(ArrayReader(sparse_images(2)), np.arange(2), pixel_transform="log")
     with pytest.raises(ValueError, match="pixel_scaling must be one of"):
         PretrainConfig(pixel_scaling="minmax")
+    assert PretrainConfig().display_name() == "pretrain-vit-nano-mask0.75-lr0.001-seed0"  # as before
+    assert PretrainConfig(pixel_transform="log1p", pixel_scaling="channel", occupied_pixel_weight=10,
+                          occupied_patch_weight=5).display_name() == \
+        "pretrain-vit-nano-mask0.75-log1p-channel-pixw10-patchw5-lr0.001-seed0"
     resolved = resolve_pixel_options(PretrainConfig())
+    assert resolved.display_name() == PretrainConfig().display_name()
     assert (resolved.pixel_transform, resolved.pixel_scaling) == ("none", "sample-minmax")
     assert resolve_pixel_options(PretrainConfig(pixel_scaling="channel")).pixel_scaling == "channel"
 

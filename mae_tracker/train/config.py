@@ -122,7 +122,13 @@ class PretrainConfig(CommonConfig):
     def display_name(self) -> str:
         """A run name a person can read in the MLflow UI: arm, variant, the settings that matter."""
         depth = f"-depth{self.depth}" if self.depth else ""
-        return f"pretrain-{self.variant}{depth}-mask{self.mask_ratio:g}-lr{self.lr:g}-seed{self.seed}"
+        # The sparsity options only when they differ from the reference, so default names stay as they were.
+        sparse = "".join(part for part, on in (
+            (f"-{self.pixel_transform}", self.pixel_transform not in ("", "none")),
+            (f"-{self.pixel_scaling}", self.pixel_scaling not in ("", "sample-minmax")),
+            (f"-pixw{self.occupied_pixel_weight:g}", self.occupied_pixel_weight != 1.0),
+            (f"-patchw{self.occupied_patch_weight:g}", self.occupied_patch_weight != 1.0)) if on)
+        return f"pretrain-{self.variant}{depth}-mask{self.mask_ratio:g}{sparse}-lr{self.lr:g}-seed{self.seed}"
 
 
 @dataclass
