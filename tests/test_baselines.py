@@ -20,7 +20,7 @@ from mae_tracker.train.data import prepare_data, subsample
 UNITS = {"Tracks": "pT [GeV]", "ECAL": "E [GeV]", "HCAL": "E [GeV]"}
 DETECTOR = json.dumps({"name": "toy", "cell_size": 0.1, "units": UNITS})
 SPLIT = dict(pretrain_fraction=0.2, train_fraction=0.5, val_fraction=0.15, test_fraction=0.15, split_seed=1)
-TINY_CNN = dict(epochs=3, batch_size=16, lr=3e-3, warmup_epochs=0.0, cnn_channels="4,8", cnn_hidden=8, log_every_steps=2, loader_workers=0)
+TINY_CNN = dict(epochs=3, batch_size=16, lr=3e-3, weight_decay=0.05, dropout=0.0, warmup_epochs=0.0, cnn_channels="4,8", cnn_hidden=8, log_every_steps=2, loader_workers=0)
 
 
 def geometry(height: int = 4, width: int = 4, cell: float | None = 0.1, energy: tuple[int, ...] = (1, 2)) -> Geometry:

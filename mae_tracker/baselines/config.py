@@ -20,20 +20,25 @@ class BaselineConfig(CommonConfig):
 
     The split and subset fields (split_seed, *_fraction, label_fraction, seed) mean what they
     mean for the arms; the encoder fields (variant, patch_size, ...) are unused. epochs,
-    batch_size, lr, weight_decay and warmup_epochs drive the CNN only.
+    batch_size, lr, weight_decay, warmup_epochs and dropout drive the CNN only.
     """
 
     kind: str = field(default="gbdt", metadata={
         "help": "'observable' (best single image observable, by val AUC), 'gbdt' (gradient boosting on the "
                 "observables) or 'cnn' (small CNN on the images)."})
     label_fraction: float = field(default=1.0, metadata={"help": "Fraction of the labelled train split used."})
-    epochs: int = 25
+    # CNN schedule and regularisation, chosen on val AUC (default data, 3,000 jets, split_seed 0): at
+    # lr 1e-3, weight decay 0.05, no dropout, 25 epochs the train loss reaches ~0 and val AUC falls
+    # from 0.833 (epoch 3) to 0.79; lr 5e-4, weight decay 0.5, dropout 0.5 over 10 epochs holds val
+    # AUC at 0.840 to the end (25 epochs of it: 0.839, then decays).
+    epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 5e-4
+    weight_decay: float = 0.5
     cnn_channels: str = field(default="32,64,64", metadata={
         "help": "CNN: output channels of the conv blocks (3x3 conv + ReLU + 2x2 max-pool each)."})
     cnn_hidden: int = field(default=128, metadata={"help": "CNN: width of the dense layer before the logit."})
-    dropout: float = field(default=0.0, metadata={"help": "CNN: dropout before the logit."})
+    dropout: float = field(default=0.5, metadata={"help": "CNN: dropout before the logit."})
     gbdt_learning_rate: float = 0.1
     gbdt_max_iter: int = field(default=1000, metadata={"help": "GBDT: most boosting rounds (early stop on val)."})
     gbdt_max_leaf_nodes: int = 15

@@ -49,6 +49,9 @@ def run_baseline(config: BaselineConfig, progress: bool = True) -> dict[str, Any
     data = prepare_data(config, progress=progress)
     device = loop.start(config)  # threads and seeds, as the arms set them
     train_indices = labelled_indices(config, data)
+    if config.kind == "cnn" and len(train_indices) < config.batch_size:  # before a run exists, like the arms
+        raise ValueError(f"labelled train split has {len(train_indices)} jets, fewer than one batch "
+                         f"({config.batch_size}); raise label_fraction or lower batch_size")
     tags = {"arm": config.kind, "baseline": "true"}
     with tracking.tracked_run(config.experiment, config.run_name or config.display_name(), config.resume,
                               tags=tags) as run:
@@ -120,9 +123,6 @@ def _cnn(config: BaselineConfig, data: RunData, train_indices: np.ndarray, devic
     model = JetCNN(data.info.image_shape, config.conv_channels(), config.cnn_hidden, config.dropout).to(device)
     optimizer = loop.make_optimizer(model, loop.peak_lr(config), config.weight_decay)
     steps = loop.steps_per_epoch(len(train_indices), config)
-    if steps < 1:
-        raise ValueError(f"labelled train split has {len(train_indices)} jets, fewer than one batch "
-                         f"({config.batch_size}); raise label_fraction or lower batch_size")
     scheduler = loop.warmup_cosine(optimizer, int(config.warmup_epochs * steps), config.epochs * steps)
     ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
     best: dict[str, Any] = {"val_loss": float("inf"), "epoch": -1, "state": None}
