@@ -7,10 +7,11 @@ import json
 import mlflow
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from jet_h5 import sparse_images, write_jets
 from mae_tracker.baselines import BaselineConfig, run_baseline
-from mae_tracker.baselines.models import best_cut_threshold, fit_best_observable
+from mae_tracker.baselines.models import best_cut_threshold, fit_best_observable, fit_gbdt
 from mae_tracker.baselines.observables import Geometry, compute_observables, observable_names
 from mae_tracker.baselines.run import labelled_indices
 from mae_tracker.data.jetfile import open_jet_file
@@ -90,6 +91,15 @@ def test_best_cut_and_direction():
     assert (cut.decide(x) == y).mean() == pytest.approx(cut.val_acc)
 
 
+def test_gbdt_splits_on_few_labelled_jets():
+    rng = np.random.default_rng(1)
+    y = np.arange(30) % 2
+    x = np.stack([y + 0.3 * rng.normal(size=30), rng.normal(size=30)], axis=1)
+    model = fit_gbdt((x, y), (x, y), seed=0, learning_rate=0.1, max_iter=50, max_leaf_nodes=15,
+                     min_samples_leaf=20, patience=5)
+    assert model.min_samples_leaf == 10 and roc_auc_score(y, model.predict_proba(x)[:, 1]) > 0.9
+
+
 @pytest.fixture(scope="module")
 def toy_file(tmp_path_factory):
     """Label 1 jets are sparser (quark-like), so every baseline has something to find."""
@@ -126,6 +136,7 @@ def test_each_kind_logs_a_finished_run(toy_file, kind):
         assert params["observable_direction"] in ("larger", "smaller")
     if kind == "gbdt":
         assert len(params["observables"].split(",")) == 14 and int(params["gbdt_rounds"]) >= 1
+        assert params["gbdt_leaf_size"] == "20"
         assert "gbdt_importance.csv" in artifacts
     if kind == "cnn":  # "" resolves to the CNN's preprocessing, and the logged config says so
         assert params["pixel_transform"] == "log1p" and params["pixel_scaling"] == "channel"

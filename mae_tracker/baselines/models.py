@@ -88,6 +88,13 @@ def fit_best_observable(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndar
                slope=abs(float(logistic.coef_[0, 0])) / scale, intercept=float(logistic.intercept_[0]))
 
 
+def gbdt_leaf_size(min_samples_leaf: int, n_train: int) -> int:
+    """``min_samples_leaf``, capped at a third of the training jets so that small labelled sets can
+    still split: with 30 jets and 20 per leaf no tree can split and every score is the prior (AUC
+    0.5, measured); a cap of 10 gave val AUC 0.757 there (2: 0.697, 5: 0.710; 3 seeds)."""
+    return max(1, min(min_samples_leaf, n_train // 3))
+
+
 def fit_gbdt(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *, seed: int,
              learning_rate: float, max_iter: int, max_leaf_nodes: int, min_samples_leaf: int,
              patience: int) -> HistGradientBoostingClassifier:
@@ -95,7 +102,7 @@ def fit_gbdt(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nda
     val jets: boosting stops ``patience`` rounds after the best val log-loss, and the model is
     refitted with exactly the best number of rounds (sklearn would keep the extra ones)."""
     settings = dict(learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
-                    min_samples_leaf=min_samples_leaf, random_state=seed)
+                    min_samples_leaf=gbdt_leaf_size(min_samples_leaf, len(train[1])), random_state=seed)
     x_val, y_val = val
     probe = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=True, scoring="loss",
                                            n_iter_no_change=patience, **settings)

@@ -106,7 +106,7 @@ def _fit_classical(config: BaselineConfig, data: RunData, train_indices: np.ndar
     val_scores = model.predict_proba(val[0])[:, 1]
     scores = model.predict_proba(test[0])[:, 1]
     best = _scores("val", val[1], val_scores, val_scores > 0.5)
-    tracking.log_params_once({"gbdt_rounds": int(model.n_iter_)})
+    tracking.log_params_once({"gbdt_rounds": int(model.n_iter_), "gbdt_leaf_size": model.min_samples_leaf})
     # What the trees rely on, for a person reading the run: val AUC lost when a column is shuffled.
     drop = permutation_importance(model, *val, scoring="roc_auc", n_repeats=5, random_state=config.seed)
     tracking.log_table({"observable": names, "val_auc_drop_when_shuffled": drop.importances_mean},
