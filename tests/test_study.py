@@ -114,7 +114,7 @@ def test_results_table_holds_mean_and_spread_of_the_children(study):
     markdown = mlflow.artifacts.load_text(f"runs:/{result['run_id']}/study_results.md")
     assert markdown.count("\n") == len(summary) + 2 and "gbdt" in markdown and " ± " in markdown
     report = (study["out"] / "report.md").read_text()
-    assert "Label efficiency" in report and (study["out"] / "report.html").exists()
+    assert "Label efficiency" in report and "Classical baselines" in report and (study["out"] / "report.html").exists()
 
 
 def test_rerunning_the_study_resumes_and_trains_nothing(study):

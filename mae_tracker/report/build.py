@@ -54,6 +54,8 @@ def build_report(source: str, out_dir: Path, *, log_to_mlflow: bool = True) -> R
     blocks: list[Block] = [Heading(f"mae-tracker report: {src.name}", 1), Paragraph(_preamble(src, frame))]
     for arm, title in (("probe", "Linear probing"), ("finetune", "Fine-tuning"), ("scratch", "Scratch (no pretraining)")):
         blocks += [Heading(title), _arm_table(finished, arm)]
+    if not finished.empty and finished.arm.isin(collect.BASELINE_ARMS).any():
+        blocks += [Heading("Classical baselines (same labelled and test jets)"), _baseline_table(finished)]
     blocks += [Heading("Reconstruction loss (pretraining)"), _recon_table(finished)]
     with tempfile.TemporaryDirectory() as tmp:
         chosen = _roc_section(client, finished, fig_dir, Path(tmp), blocks)
@@ -115,6 +117,13 @@ def _arm_table(frame: pd.DataFrame, arm: str) -> Block:
     return Table(columns, table)
 
 
+def _baseline_table(frame: pd.DataFrame) -> Block:
+    rows = frame[frame.arm.isin(collect.BASELINE_ARMS)].sort_values(["arm", "labelled_jets", "seed", "start_time"])
+    return Table(["Baseline", "Labelled jets", "Seed", "Accuracy", "AUC", "Run"],
+                 [[r.arm, _int(r.labelled_jets), _int(r.seed), _num(r.test_acc), _num(r.test_auc), RunRef(r.run_id)]
+                  for r in rows.itertuples()])
+
+
 def _recon_table(frame: pd.DataFrame) -> Block:
     rows = frame[frame.arm == "pretrain"] if not frame.empty else frame
     if rows.empty:
@@ -132,8 +141,9 @@ def _roc_section(client: mlflow.MlflowClient, frame: pd.DataFrame, fig_dir: Path
     blocks.append(Heading("ROC curves"))
     curves: plots.Curves = {}
     chosen, lines = [], []
-    downstream = frame[frame.arm.isin(collect.DOWNSTREAM_ARMS)] if not frame.empty else frame
-    for arm in collect.DOWNSTREAM_ARMS:
+    compared = collect.DOWNSTREAM_ARMS + collect.BASELINE_ARMS
+    downstream = frame[frame.arm.isin(compared)] if not frame.empty else frame
+    for arm in compared:
         rows = downstream[downstream.arm == arm]
         if rows.empty:
             continue

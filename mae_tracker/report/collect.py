@@ -19,7 +19,8 @@ from mae_tracker.models.variants import VARIANTS
 
 PARENT_TAG = "mlflow.parentRunId"
 DOWNSTREAM_ARMS = ("finetune", "probe", "scratch")
-ALL_ARMS = ("pretrain", *DOWNSTREAM_ARMS)
+BASELINE_ARMS = ("cnn", "gbdt", "observable")  # classical baselines (mae_tracker.baselines), tag arm=<kind>
+ALL_ARMS = ("pretrain", *DOWNSTREAM_ARMS, *BASELINE_ARMS)
 METRICS = ("test_auc", "test_acc", "test_loss", "best_val_auc", "best_val_acc", "val_auc",
            "train_eval_loss", "val_probe_auc", "recon_total_rel_error")
 PARAMS = ("variant", "depth", "embed_dim", "patch_size", "mask_ratio", "label_fraction", "labelled_jets",
