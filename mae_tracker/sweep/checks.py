@@ -59,6 +59,12 @@ def check_type(value: Any, kind: str, key: str, fail: Fail, field: str = "") -> 
 
         if value not in VARIANTS:
             raise fail(key, f"unknown variant {value!r}; use one of {', '.join(VARIANTS)}")
+    if field in ("pixel_transform", "pixel_scaling"):
+        from mae_tracker.data.preprocess import PIXEL_SCALINGS, PIXEL_TRANSFORMS
+
+        allowed = PIXEL_TRANSFORMS if field == "pixel_transform" else PIXEL_SCALINGS
+        if value not in ("", *allowed):
+            raise fail(key, f"unknown {field} {value!r}; use one of {', '.join(allowed)}")
     ok = {"int": isinstance(value, int) and not isinstance(value, bool),
           "float": isinstance(value, (int, float)) and not isinstance(value, bool),
           "bool": isinstance(value, bool),

@@ -20,7 +20,7 @@ from mae_tracker.models.classifier import JetClassifier
 from mae_tracker.models.tagger import QuarkTagger
 from mae_tracker.models.variants import EncoderConfig, build_encoder
 from mae_tracker.train import distributed, loop, plots, tracking
-from mae_tracker.train.config import DownstreamConfig
+from mae_tracker.train.config import DownstreamConfig, resolve_pixel_options
 from mae_tracker.train.architecture import build_encoder_config
 from mae_tracker.train.data import RunData, prepare_data, subsample
 from mae_tracker.train.features import FrozenFeatures
@@ -41,6 +41,10 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
 
     encoder, preprocessor, encoder_meta = distributed.on_main(_starting_encoder, config, data, train_indices,
                                                               progress)
+    # What the run really used (the encoder's preprocessing, or the recipe it was fitted with) is
+    # what gets logged, not an empty "inherit".
+    config = resolve_pixel_options(config, {"pixel_transform": preprocessor.pixel_transform,
+                                            "pixel_scaling": preprocessor.pixel_scaling})
     tags = {"arm": config.arm}
     if encoder_meta.get("pretrain_run_id"):
         tags["pretrain_run_id"] = encoder_meta["pretrain_run_id"]
