@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
+from mae_tracker.baselines import observables
 from mae_tracker.cli import main
 from mae_tracker.data import top_jets
 from mae_tracker.data.jetfile import JetImageReader, open_jet_file
@@ -42,18 +43,12 @@ def sample(tmp_path_factory):
 
 
 def image_mass(x, eta, cell):
-    """Jet mass from the calorimeter images (ECAL + HCAL energies, massless pixels)."""
+    """Jet mass from the calorimeter images (ECAL + HCAL energies, massless pixels): the
+    baselines' image_mass observable on channels-last images."""
     _, height, width, _ = x.shape
-    energy = x[..., 1] + x[..., 2]
     d_eta = (np.arange(height) + 0.5 - height / 2) * cell
     d_phi = (np.arange(width) + 0.5 - width / 2) * cell
-    pix_eta = eta[:, None, None] + d_eta[None, :, None]
-    pt = energy / np.cosh(pix_eta)
-    px = (pt * np.cos(d_phi)[None, None, :]).sum(axis=(1, 2))
-    py = (pt * np.sin(d_phi)[None, None, :]).sum(axis=(1, 2))
-    pz = (pt * np.sinh(pix_eta)).sum(axis=(1, 2))
-    e = energy.sum(axis=(1, 2))
-    return np.sqrt(np.clip(e**2 - px**2 - py**2 - pz**2, 0, None))
+    return observables.image_mass(x[..., 1] + x[..., 2], d_eta, d_phi, eta)
 
 
 def test_schema_attrs_and_reader(sample):
