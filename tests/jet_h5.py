@@ -12,6 +12,17 @@ import h5py
 import numpy as np
 
 
+class ArrayReader:
+    """Anything with read(indices) works for fitting: here, an in-memory array."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+        self.image_shape = images.shape[1:]
+
+    def read(self, indices):
+        return self.images[indices].copy(), np.zeros(len(indices), np.int64)
+
+
 def sparse_images(n: int, c: int = 3, h: int = 16, w: int = 16, *, occupancy: float = 0.05,
                   seed: int = 0) -> np.ndarray:
     """(n, C, H, W) float32, mostly zeros like real jet images, some values below 1e-3."""

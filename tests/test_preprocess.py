@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from jet_h5 import sparse_images, write_jets
+from jet_h5 import ArrayReader, sparse_images, write_jets
 
 from mae_tracker.data.jetfile import JetImageReader, make_splits
 from mae_tracker.data.preprocess import Preprocessor
@@ -25,17 +25,6 @@ def reference_transform(x: np.ndarray, mean, std, zero=1e-3, clip=500.0) -> np.n
             low, high = z.min(), z.max()
             out[i, c] = (z - low) / (high - low) if high > low else 0.0
     return out
-
-
-class ArrayReader:
-    """Anything with read(indices) works for fitting: here, an in-memory array."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images = images
-        self.image_shape = images.shape[1:]
-
-    def read(self, indices):
-        return self.images[indices].copy(), np.zeros(len(indices), np.int64)
 
 
 def zero_suppressed_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

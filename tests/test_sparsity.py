@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from jet_h5 import sparse_images, write_jets
+from jet_h5 import ArrayReader, sparse_images, write_jets
 
 from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.mae import MaskedAutoencoder, build_mae
@@ -27,15 +27,6 @@ def tiny_mae(side: int = 8, **weights: float) -> MaskedAutoencoder:
     encoder = EncoderConfig(kind="vit", img_size=(side, side), patch_size=4, in_chans=1, embed_dim=16, depth=1,
                             num_heads=2)
     return MaskedAutoencoder(encoder, decoder_dim=16, decoder_depth=1, decoder_heads=2, **weights)
-
-
-class ArrayReader:
-    def __init__(self, images: np.ndarray) -> None:
-        self.images = images
-        self.image_shape = images.shape[1:]
-
-    def read(self, indices):
-        return self.images[indices].copy(), np.zeros(len(indices), np.int64)
 
 
 # --- the weighted reconstruction loss ------------------------------------------------------
