@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mae_tracker.sweep.checks import (Fail, SweepSpecError, check_keys, config_fields, integer, mapping,
-                                      number)
+                                      number, read_yaml)
 from mae_tracker.sweep.spec import SweepSpec, load_spec
 from mae_tracker.train.config import DownstreamConfig, PretrainConfig
 
@@ -65,14 +63,7 @@ class StudySpec:
 def load_study_spec(path: str | Path) -> StudySpec:
     """Read and validate a study YAML; raises :class:`StudySpecError` (one line) on any problem."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise StudySpecError(f"{path}: cannot read the study file ({err.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise StudySpecError(f"{path}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    raw, text = read_yaml(path, "study", StudySpecError)
     return parse_study_spec(raw, path=path, text=text)
 
 

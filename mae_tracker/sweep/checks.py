@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, Callable
+
+import yaml
 
 
 class SweepSpecError(ValueError):
@@ -12,6 +15,20 @@ class SweepSpecError(ValueError):
 
 
 Fail = Callable[[str, str], SweepSpecError]
+
+
+def read_yaml(path: Path, what: str, error: type[SweepSpecError]) -> tuple[Any, str]:
+    """(parsed YAML, its text) of a sweep or study file; any problem is one ``error`` line."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise error(f"{path}: cannot read the {what} file ({err.strerror})") from None
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise error(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
 
 
 def check_keys(values: dict[str, Any], allowed: tuple[str, ...], prefix: str, fail: Fail) -> None:

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mae_tracker.sweep.checks import (Fail, SweepSpecError, check_keys, check_type, choice, config_fields, integer,
-                                      mapping, number)
+                                      mapping, number, read_yaml)
 from mae_tracker.train.config import DownstreamConfig, PretrainConfig
 
 METHODS = ("tpe", "random", "grid")
@@ -119,16 +117,7 @@ class SweepSpec:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep YAML; raises :class:`SweepSpecError` (one line) on any problem."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise SweepSpecError(f"{path}: cannot read the sweep file ({err.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SweepSpecError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    raw, text = read_yaml(path, "sweep", SweepSpecError)
     return parse_spec(raw, path=path, text=text)
 
 
