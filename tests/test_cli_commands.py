@@ -5,6 +5,8 @@ They reuse the session's cached pretrain run and label-efficiency study (tests/l
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import mlflow
 from click.testing import CliRunner
@@ -46,3 +48,15 @@ def test_label_efficiency_resume_and_report_commands(jets_file, tmp_path):
     assert "report/report.md" in artifacts
     missing = CliRunner().invoke(main, ["label-efficiency", "--no-progress"])
     assert missing.exit_code != 0 and "ENCODER_URI" in missing.output
+
+
+def test_baseline_command_logs_a_run_and_rejects_a_bad_kind(jets_file):
+    result = CliRunner().invoke(main, ["baseline", "--kind", "gbdt", "--data", str(jets_file), "--experiment",
+                                       "test-cli-baseline", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    run_id = re.search(r"^run ([0-9a-f]{32}): ", result.output, re.MULTILINE).group(1)
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["arm"] == "gbdt"
+    assert f"test_auc {run.data.metrics['test_auc']:.4f}" in result.output
+    refused = CliRunner().invoke(main, ["baseline", "--kind", "svm", "--data", str(jets_file)])
+    assert refused.exit_code != 0 and "kind must be one of" in refused.output and "Traceback" not in refused.output
