@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import torch
 from sklearn.inspection import permutation_importance
-from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from mae_tracker.baselines.cnn import JetCNN
@@ -23,10 +23,11 @@ from mae_tracker.baselines.config import CNN_PIXEL_OPTIONS, BaselineConfig
 from mae_tracker.baselines.models import fit_best_observable, fit_gbdt
 from mae_tracker.baselines.observables import Geometry, observable_names, observables_of
 from mae_tracker.data.preprocess import Preprocessor
-from mae_tracker.train import loop, plots, tracking
+from mae_tracker.train import loop, tracking
 from mae_tracker.train.config import resolve_pixel_options
 from mae_tracker.train.data import RunData, prepare_data, subsample
 from mae_tracker.train.downstream import predict
+from mae_tracker.train.evaluation import classification_scores, log_test_predictions
 
 
 def labelled_indices(config: BaselineConfig, data: RunData) -> np.ndarray:
@@ -65,10 +66,11 @@ def run_baseline(config: BaselineConfig, progress: bool = True) -> dict[str, Any
             labels, scores, decisions, final = _cnn(config, data, train_indices, device, run.info.run_id, progress)
         else:
             labels, scores, decisions, final = _classical(config, data, train_indices)
-        final = {**_scores("test", labels, scores, decisions), **final,
+        final = {**classification_scores("test", labels, scores, decisions), **final,
                  "train_time_s": time.perf_counter() - started}
         mlflow.log_metrics(final)
-        _log_curves(config, data, labels, scores, final["test_auc"])
+        log_test_predictions(config.kind, labels, scores, data.info.class_names,
+                             f"{config.kind} baseline: test ROC AUC {final['test_auc']:.4f}")
     return {**final, "val_auc": final["best_val_auc"], "labelled_jets": len(train_indices),
             "run_id": run.info.run_id}
 
@@ -105,7 +107,7 @@ def _fit_classical(config: BaselineConfig, data: RunData, train_indices: np.ndar
                      min_samples_leaf=config.gbdt_min_samples_leaf, patience=config.gbdt_patience)
     val_scores = model.predict_proba(val[0])[:, 1]
     scores = model.predict_proba(test[0])[:, 1]
-    best = _scores("val", val[1], val_scores, val_scores > 0.5)
+    best = classification_scores("val", val[1], val_scores, val_scores > 0.5)
     tracking.log_params_once({"gbdt_rounds": int(model.n_iter_), "gbdt_leaf_size": model.min_samples_leaf})
     # What the trees rely on, for a person reading the run: val AUC lost when a column is shuffled.
     drop = permutation_importance(model, *val, scoring="roc_auc", n_repeats=5, random_state=config.seed)
@@ -141,7 +143,7 @@ def _cnn(config: BaselineConfig, data: RunData, train_indices: np.ndarray, devic
             lambda images, labels: loss_fn(model(images).float(), labels.float()),
             optimizer, scheduler, progress=progress, desc=f"cnn epoch {epoch}", device=device)
         labels, scores = predict(model, data, data.splits["val"], preprocessor, config.batch_size, device)
-        metrics.update(_scores("val", labels, scores, scores > 0.5))
+        metrics.update(classification_scores("val", labels, scores, scores > 0.5))
         mlflow.log_metrics(metrics, step=epoch)
         if metrics["val_loss"] < best["val_loss"]:
             best = {"val_loss": metrics["val_loss"], "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
@@ -153,20 +155,3 @@ def _cnn(config: BaselineConfig, data: RunData, train_indices: np.ndarray, devic
     ckpt.unlink(missing_ok=True)  # nothing to resume once the run is scored
     return (labels, scores, scores > 0.5, {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                                            "best_val_auc": best["val_auc"], "best_val_acc": best["val_acc"]})
-
-
-def _scores(prefix: str, labels: np.ndarray, scores: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
-    return {f"{prefix}_auc": float(roc_auc_score(labels, scores)),
-            f"{prefix}_acc": float(accuracy_score(labels, decisions)),
-            f"{prefix}_loss": float(log_loss(labels, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1]))}
-
-
-def _log_curves(config: BaselineConfig, data: RunData, labels: np.ndarray, scores: np.ndarray, auc: float) -> None:
-    """The same artifacts as a downstream arm: predictions CSV, ROC, rejection, score histogram."""
-    title = f"{config.kind} baseline: test ROC AUC {auc:.4f}"
-    tracking.log_table({"label": labels.astype(int), "score": scores}, "test_predictions.csv")
-    classes = dict(zip(("signal", "background"), data.info.class_names))  # label 1, label 0
-    curves = {config.kind: (labels, scores)}
-    tracking.log_figure(plots.roc_figure(curves, title, **classes), "roc_curve.png")
-    tracking.log_figure(plots.rejection_figure(curves, title, **classes), "roc_rejection.png")
-    tracking.log_figure(plots.score_histogram(labels, scores, title, **classes), "score_histogram.png")

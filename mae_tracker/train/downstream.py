@@ -12,17 +12,17 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.classifier import JetClassifier
 from mae_tracker.models.tagger import QuarkTagger
 from mae_tracker.models.variants import EncoderConfig, build_encoder
-from mae_tracker.train import distributed, loop, plots, tracking
+from mae_tracker.train import distributed, loop, tracking
 from mae_tracker.train.config import DownstreamConfig, resolve_pixel_options
 from mae_tracker.train.architecture import build_encoder_config
 from mae_tracker.train.data import RunData, prepare_data, subsample
+from mae_tracker.train.evaluation import classification_scores, log_test_predictions
 from mae_tracker.train.features import FrozenFeatures
 
 
@@ -98,7 +98,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
                 distributed.barrier()
                 continue
             labels, scores = predict(scorer, source, data.splits["val"], source_preprocessor, config.batch_size, device)
-            metrics.update(_scores("val", labels, scores))
+            metrics.update(classification_scores("val", labels, scores))
             mlflow.log_metrics(metrics, step=epoch)
             # Model selection on validation only, by log-loss: AUC alone can pick an early epoch
             # whose ranking is fine but whose scores all sit on one side of 0.5.
@@ -115,16 +115,11 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             return distributed.broadcast_object(None)  # rank 0's result, once its run has ended
         model.load_state_dict(best["state"])
         labels, scores = predict(scorer, source, data.splits["test"], source_preprocessor, config.batch_size, device)
-        final = {**_scores("test", labels, scores), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+        final = {**classification_scores("test", labels, scores), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                  "best_val_auc": best["val_auc"], "best_val_acc": best["val_acc"]}
         mlflow.log_metrics(final)
-        title = f"{config.arm}: test ROC AUC {final['test_auc']:.4f}"
-        tracking.log_table({"label": labels.astype(int), "score": scores}, "test_predictions.csv")
-        classes = dict(zip(("signal", "background"), data.info.class_names))  # label 1, label 0
-        curves = {config.arm: (labels, scores)}
-        tracking.log_figure(plots.roc_figure(curves, title, **classes), "roc_curve.png")
-        tracking.log_figure(plots.rejection_figure(curves, title, **classes), "roc_rejection.png")
-        tracking.log_figure(plots.score_histogram(labels, scores, title, **classes), "score_histogram.png")
+        log_test_predictions(config.arm, labels, scores, data.info.class_names,
+                             f"{config.arm}: test ROC AUC {final['test_auc']:.4f}")
         # The logged model is the QuarkTagger: raw images as stored in the file (channels last,
         # like E2E X_jets), preprocessing inside, P(quark) out; `.classifier` is the JetClassifier.
         example, _ = data.reader.read(data.splits["test"][:2])  # (n, C, H, W) raw
@@ -199,9 +194,3 @@ def predict(model: torch.nn.Module, data: RunData | Any, indices: np.ndarray, pr
         scores.append(torch.sigmoid(model(images.to(device))).cpu().numpy())
         labels.append(batch_labels.numpy())
     return np.concatenate(labels), np.concatenate(scores)
-
-
-def _scores(prefix: str, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    return {f"{prefix}_auc": float(roc_auc_score(labels, scores)),
-            f"{prefix}_acc": float(accuracy_score(labels, scores > 0.5)),
-            f"{prefix}_loss": float(log_loss(labels, scores, labels=[0, 1]))}
