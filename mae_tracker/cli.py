@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from mae_tracker.baselines.config import BaselineConfig
-from mae_tracker.data.errors import DataError
+from mae_tracker.cli_errors import clean_errors
 from mae_tracker.train.config import ARM_DEFAULTS, DownstreamConfig, PretrainConfig
-
-
-def _clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Problems a user can fix become one line on stderr and a non-zero exit, no traceback:
-    bad data exits 2; bad settings, an unloadable encoder or a diverging loss exit 1.
-    Set MAE_TRACKER_DEBUG=1 to see the traceback instead."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mae_tracker.train.loop import TrainingFailed
-
-        try:
-            return func(*args, **kwargs)
-        except (DataError, TrainingFailed, ValueError, FileNotFoundError) as err:
-            if os.environ.get("MAE_TRACKER_DEBUG"):
-                raise
-            click.echo(f"Error: {err}", err=True)
-            sys.exit(2 if isinstance(err, DataError) else 1)
-
-    return wrapper
 
 
 @click.group()
@@ -70,7 +47,7 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Parallel generator processes (the output does not depend on it).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@_clean_errors
+@clean_errors
 def generate(out: Path, workers: int, progress: bool, task: str, **settings: Any) -> None:
     """Generate labelled images (quark/gluon, top/QCD or electron/photon) in the CMS E2E HDF5 schema."""
     from mae_tracker.data.tasks import generate_task_file, make_config
@@ -87,7 +64,7 @@ def generate(out: Path, workers: int, progress: bool, task: str, **settings: Any
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also save mean quark and gluon images side by side to this PNG.")
-@_clean_errors
+@clean_errors
 def inspect(path: Path, plot_path: Path | None) -> None:
     """Summarise a jet-image HDF5 file: size, balance, per-channel statistics."""
     from mae_tracker.data.inspect import format_summary, plot_mean_images, summarize
@@ -122,7 +99,7 @@ def _config_options(config_cls: type, overrides: dict[str, Any] | None = None,
 @main.command()
 @_config_options(PretrainConfig)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@_clean_errors
+@clean_errors
 def pretrain(progress: bool, **settings: Any) -> None:
     """Pretrain a masked autoencoder on the unlabelled split (the pretrain arm)."""
     from mae_tracker.train.pretrain import pretrain as run_pretrain
@@ -138,7 +115,7 @@ def _downstream_command(arm: str) -> None:
 
     @_config_options(DownstreamConfig, overrides=ARM_DEFAULTS[arm], skip=("arm",))
     @click.option("--progress/--no-progress", default=True, show_default=True)
-    @_clean_errors
+    @clean_errors
     def command(progress: bool, **settings: Any) -> None:
         from mae_tracker.train.downstream import train_classifier
 
@@ -156,7 +133,7 @@ for _arm in ("finetune", "probe", "scratch"):
 @main.command()
 @_config_options(BaselineConfig, skip=("variant", "patch_size", "depth", "embed_dim", "num_heads"))
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@_clean_errors
+@clean_errors
 def baseline(progress: bool, **settings: Any) -> None:
     """A classical baseline on the arms' split and labelled jets: the best single image observable,
     gradient boosting on image observables, or a small CNN (--kind observable|gbdt|cnn)."""
@@ -186,7 +163,7 @@ _mount_commands()
               help="Metric that decides champion vs challenger; default val_probe_auc (pretrain runs) "
                    "or best_val_auc (finetune/probe/scratch runs).")
 @click.option("--goal", type=click.Choice(["maximize", "minimize"]), default="maximize", show_default=True)
-@_clean_errors
+@clean_errors
 def promote(run_id: str, metric: str | None, goal: str) -> None:
     """Register a run's encoder (pretrain) or classifier (downstream) in its model family:
     it becomes `challenger`, and `champion` only if it beats the champion on the same data."""
@@ -222,7 +199,7 @@ def _comma_list(kind: type) -> Callable[[Any, Any, str | None], list | None]:
 @click.option("--experiment", default="mae-tracker", show_default=True)
 @click.option("--resume", default="", help="Parent run id of an earlier study: finished children are kept.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@_clean_errors
+@clean_errors
 def label_efficiency(encoder_uri: str, fractions: list | None, seeds: list | None, arms: list | None,
                      epochs: int | None, batch_size: int | None, experiment: str, resume: str,
                      progress: bool) -> None:
@@ -247,7 +224,7 @@ def label_efficiency(encoder_uri: str, fractions: list | None, seeds: list | Non
               help="HDF5 file for the latent vectors (written atomically).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@_clean_errors
+@clean_errors
 def encode(encoder_uri: str, data: Path, out: Path, batch_size: int, progress: bool) -> None:
     """Compress DATA (a jet file) into the latent vectors of ENCODER_URI (runs:/<id>/encoder or
     models:/<name>@<alias>); prints the compression ratio and the MAE's reconstruction fidelity."""
@@ -271,7 +248,7 @@ def encode(encoder_uri: str, data: Path, out: Path, batch_size: int, progress: b
               show_default=True, help="Folder for report.md, report.html and figures/.")
 @click.option("--log/--no-log", "log_to_mlflow", default=True, show_default=True,
               help="Also log the report as artifacts (to the parent run, or a new run tagged kind=report).")
-@_clean_errors
+@clean_errors
 def report(source: str, out_dir: Path, log_to_mlflow: bool) -> None:
     """Markdown + self-contained HTML report from SOURCE: an experiment name, a sweep parent run
     id or a label-efficiency parent run id. Every number comes from a run, with its id."""

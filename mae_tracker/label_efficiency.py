@@ -196,6 +196,21 @@ def _ints(values: Sequence[int] | None) -> list[int] | None:
     return None if values is None else [int(v) for v in values]
 
 
+def same_plan(parent_id: str, encoder_uri: str, *, fractions: Sequence[float], seeds: Sequence[int],
+              arms: Sequence[str], overrides: dict[str, Any], baseline_overrides: dict[str, Any],
+              fraction_overrides: dict[float, dict[str, Any]]) -> bool:
+    """Whether the label-efficiency parent ``parent_id`` was started with exactly this plan (so
+    that resuming it continues the same study rather than failing on a changed setting)."""
+    requested = {"encoder_uri": encoder_uri, "fractions": _floats(fractions), "seeds": _ints(seeds),
+                 "arms": list(arms), "overrides": dict(overrides), "baseline_overrides": dict(baseline_overrides),
+                 "fraction_overrides": _fraction_keys(fraction_overrides)}
+    try:
+        _stored_plan(mlflow.MlflowClient(), parent_id, requested)
+    except ValueError:
+        return False
+    return True
+
+
 def _stored_plan(client: mlflow.MlflowClient, parent_id: str, requested: dict[str, Any]) -> dict[str, Any]:
     """The resumed parent's own plan; anything the caller gave must agree with it."""
     try:

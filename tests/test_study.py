@@ -154,3 +154,16 @@ def test_the_shipped_study_files_are_valid():
         spec = load_study_spec(path)
         assert spec.fractions == (0.01, 0.1, 1.0) and spec.seeds == (0, 1, 2)
         assert spec.data.get("n_jets", 0) >= 50_000 or "file" in spec.data
+
+
+def test_a_changed_study_file_is_a_new_plan_not_a_resume(study):
+    from mae_tracker.label_efficiency import same_plan
+
+    result = study["first"]
+    plan = {"fractions": FRACTIONS, "seeds": SEEDS, "arms": ARMS + BASELINES,
+            "overrides": {"epochs": 2, "batch_size": 32}, "baseline_overrides": {"epochs": 1, "batch_size": 32},
+            "fraction_overrides": {0.5: {"epochs": 3, "batch_size": 16}}}
+    assert same_plan(result["label_efficiency_run_id"], result["encoder_uri"], **plan)
+    changed = {**plan, "fraction_overrides": {0.5: {"epochs": 4, "batch_size": 16}}}
+    assert not same_plan(result["label_efficiency_run_id"], result["encoder_uri"], **changed)
+    assert not same_plan(result["label_efficiency_run_id"], result["encoder_uri"], **{**plan, "seeds": [0]})

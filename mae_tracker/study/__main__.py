@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
+
+from mae_tracker.cli_errors import clean_errors
 
 
 @click.command(name="study")
@@ -17,24 +18,18 @@ import click
               help="Generator processes if the data is not cached yet [default: all cores].")
 @click.option("--progress/--no-progress", default=None,
               help="Per-epoch progress bars; default: on in a terminal. Step lines are always printed.")
+@clean_errors
 def main(config: Path, out_dir: Path | None, workers: int | None, progress: bool | None) -> None:
     """Run or continue the study described by CONFIG (e.g. sweeps/study-qg.yaml): data, sweep,
     long pretraining, probe / finetune / scratch and baselines per labelled fraction and seed,
     and the results table. Rerunning the same command continues where it stopped."""
-    from mae_tracker.data.errors import DataError
     from mae_tracker.study.spec import load_study_spec
 
-    try:
-        load_study_spec(config)  # a typo is reported before anything runs
-        from mae_tracker.study.runner import run_study
+    load_study_spec(config)  # a typo is reported before anything runs
+    from mae_tracker.study.runner import run_study
 
-        run_study(config, out_dir=out_dir, workers=workers,
-                  progress=sys.stderr.isatty() if progress is None else progress)
-    except (ValueError, FileNotFoundError, DataError) as err:  # StudySpecError is a ValueError
-        if os.environ.get("MAE_TRACKER_DEBUG"):
-            raise
-        click.echo(f"Error: {err}", err=True)
-        sys.exit(2 if isinstance(err, DataError) else 1)
+    run_study(config, out_dir=out_dir, workers=workers,
+              progress=sys.stderr.isatty() if progress is None else progress)
 
 
 if __name__ == "__main__":

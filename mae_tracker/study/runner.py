@@ -131,16 +131,22 @@ def _pretrain(client: mlflow.MlflowClient, spec: StudySpec, sweep: dict[str, Any
 
 def _label_efficiency(client: mlflow.MlflowClient, spec: StudySpec, encoder_uri: str, parent_id: str,
                       progress: bool, echo: Echo) -> dict[str, Any]:
-    from mae_tracker.label_efficiency import KIND as LABEL_EFFICIENCY, run_label_efficiency
+    from mae_tracker.label_efficiency import KIND as LABEL_EFFICIENCY, run_label_efficiency, same_plan
 
+    plan = {"fractions": spec.fractions, "seeds": spec.seeds, "arms": spec.arms + spec.baselines,
+            "overrides": spec.downstream, "baseline_overrides": spec.baseline, "fraction_overrides": spec.by_fraction}
     earlier = _latest_child(client, parent_id, f"tags.kind = '{LABEL_EFFICIENCY}'")
-    resume = earlier.info.run_id if earlier is not None else ""
-    echo(f"[label efficiency] {len(spec.arms) + len(spec.baselines)} arms x {len(spec.fractions)} fractions x "
+    resume = ""
+    if earlier is not None and same_plan(earlier.info.run_id, encoder_uri, **plan):
+        resume = earlier.info.run_id
+    elif earlier is not None:  # the study file's downstream settings changed: a new grid of runs
+        echo(f"[label efficiency] the study file changed since run {earlier.info.run_id[:8]}: starting anew")
+        client.set_tag(earlier.info.run_id, "superseded", "the study file's downstream settings changed")
+        if earlier.info.status == "RUNNING":
+            client.set_terminated(earlier.info.run_id, "KILLED")
+    echo(f"[label efficiency] {len(plan['arms'])} arms x {len(spec.fractions)} fractions x "
          f"{len(spec.seeds)} seeds" + (f" (continuing run {resume[:8]})" if resume else ""))
-    return run_label_efficiency(encoder_uri, fractions=spec.fractions, seeds=spec.seeds,
-                                arms=spec.arms + spec.baselines, overrides=spec.downstream,
-                                baseline_overrides=spec.baseline, fraction_overrides=spec.by_fraction,
-                                experiment=spec.experiment, resume=resume, progress=True)
+    return run_label_efficiency(encoder_uri, **plan, experiment=spec.experiment, resume=resume, progress=True)
 
 
 def _report(client: mlflow.MlflowClient, spec: StudySpec, parent_id: str, efficiency_id: str,

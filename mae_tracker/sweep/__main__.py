@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
+
+from mae_tracker.cli_errors import clean_errors
 
 
 @click.command(name="sweep")
@@ -27,26 +28,20 @@ import click
                    "One line per finished trial is always printed.")
 @click.option("--worker-index", type=int, default=0, hidden=True)
 @click.option("--threads", "num_threads", type=int, default=0, hidden=True)
+@clean_errors
 def main(config: Path, **options: object) -> None:
     """Run or continue the Optuna sweep described by CONFIG (a sweeps/*.yaml file).
 
     Rerunning the same command continues the study to its number of trials.
     """
-    from mae_tracker.data.errors import DataError
     from mae_tracker.sweep.spec import load_spec
 
     if options["progress"] is None:  # bars of several workers would overwrite each other
         options["progress"] = sys.stderr.isatty() and options["n_workers"] == 1
-    try:
-        load_spec(config)  # a typo is reported before MLflow, Optuna and torch are even imported
-        from mae_tracker.sweep.runner import run_sweep
+    load_spec(config)  # a typo is reported before MLflow, Optuna and torch are even imported
+    from mae_tracker.sweep.runner import run_sweep
 
-        run_sweep(config, **options)
-    except (ValueError, FileNotFoundError, DataError) as err:  # SweepSpecError is a ValueError
-        if os.environ.get("MAE_TRACKER_DEBUG"):
-            raise
-        click.echo(f"Error: {err}", err=True)
-        sys.exit(2 if isinstance(err, DataError) else 1)
+    run_sweep(config, **options)
 
 
 if __name__ == "__main__":
