@@ -15,6 +15,7 @@ from mae_tracker.baselines.models import best_cut_threshold, fit_best_observable
 from mae_tracker.baselines.observables import Geometry, compute_observables, observable_names
 from mae_tracker.baselines.run import labelled_indices
 from mae_tracker.data.jetfile import open_jet_file
+from mae_tracker.train import tracking
 from mae_tracker.train.config import DownstreamConfig
 from mae_tracker.train.data import prepare_data, subsample
 
@@ -160,7 +161,9 @@ def test_labelled_subset_is_the_arms(toy_file):
     data = prepare_data(baseline, progress=False)
     arms_jets = subsample(prepare_data(arm, progress=False).splits["train"], arm.label_fraction, arm.seed)
     np.testing.assert_array_equal(labelled_indices(baseline, data), arms_jets)
-    with mlflow.start_run(experiment_id=mlflow.set_experiment("test-baselines-parent").experiment_id) as parent:
+    # ensure_experiment, not mlflow.set_experiment: that would make one experiment active for the
+    # rest of the session (MLFLOW_EXPERIMENT_ID), which other tests' runs are not in
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment("test-baselines-parent")) as parent:
         result = run_baseline(baseline, progress=False)
     run = mlflow.get_run(result["run_id"])
     assert result["labelled_jets"] == len(arms_jets) == 60 and run.data.params["labelled_jets"] == "60"

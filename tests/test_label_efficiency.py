@@ -98,7 +98,7 @@ def test_fraction_below_one_batch_fails_before_any_run(jets_file):
                              experiment=EXPERIMENT, progress=False)
     assert len(client.search_runs([experiment_id], max_results=1000)) == count
     assert client.get_experiment_by_name("never-created") is None
-    with pytest.raises(ValueError, match="unknown DownstreamConfig fields in overrides: \\['epoch'\\]"):
+    with pytest.raises(ValueError, match="unknown fields in overrides: \\['epoch'\\]"):
         run_label_efficiency(encoder_uri, overrides={"epoch": 2}, experiment="never-created", progress=False)
     with pytest.raises(ValueError, match="may not set \\['seed'\\]"):
         run_label_efficiency(encoder_uri, overrides={"seed": 2}, experiment="never-created", progress=False)

@@ -94,3 +94,18 @@ def test_checkpoints_load_without_unpickling_code(tmp_path):
     torch.save({"epoch": 0, "model": _Payload()}, path)
     with pytest.raises(Exception, match="[Ww]eights only load failed"):
         loop.load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler)
+
+
+def test_a_run_resumes_although_the_caller_made_another_experiment_active(monkeypatch):
+    """mlflow.set_experiment("x") in the user's code (or an earlier test) must not stop a study or
+    an arm from resuming its own run in another experiment."""
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)  # restored afterwards
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(tracking.ensure_experiment("test-resume-own-experiment")).info.run_id
+    mlflow.set_experiment("test-some-other-experiment")
+    with pytest.raises(mlflow.exceptions.MlflowException, match="active experiment ID does not match"):
+        mlflow.start_run(run_id=run_id)
+    with tracking.tracked_run("ignored", resume_run_id=run_id) as run:
+        assert run.info.run_id == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"

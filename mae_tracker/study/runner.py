@@ -196,7 +196,7 @@ def _open_parent(client: mlflow.MlflowClient, spec: StudySpec, data_path: Path) 
 def _active(client: mlflow.MlflowClient, parent_id: str) -> Iterator[None]:
     """Make the study parent the active run, so that the arms' runs nest under it, then hand it
     back to ``closing`` still RUNNING (leaving mlflow's context would mark it FINISHED)."""
-    mlflow.start_run(run_id=parent_id)
+    tracking.start_existing_run(parent_id)
     try:
         yield
     finally:

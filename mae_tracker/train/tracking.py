@@ -119,7 +119,7 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
     configure_tracking()
     active = mlflow.active_run()
     if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id, nested=active is not None)
+        run = start_existing_run(resume_run_id, nested=active is not None)
     elif active is not None:
         run = mlflow.start_run(experiment_id=active.info.experiment_id, run_name=run_name or None, nested=True)
     elif os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` names its runs at random: give ours
@@ -147,6 +147,18 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def start_existing_run(run_id: str, nested: bool = False) -> mlflow.ActiveRun:
+    """``mlflow.start_run(run_id=...)``, also when the caller made another experiment active
+    (``mlflow.set_experiment``), which MLflow refuses: the run's own experiment becomes active."""
+    try:
+        return mlflow.start_run(run_id=run_id, nested=nested)
+    except mlflow.exceptions.MlflowException as err:
+        if "active experiment ID does not match" not in str(err):
+            raise
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
+    return mlflow.start_run(run_id=run_id, nested=nested)
 
 
 def resumed_config(config: ConfigT) -> ConfigT:
