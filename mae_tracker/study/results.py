@@ -40,9 +40,16 @@ def summarize(client: mlflow.MlflowClient, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _run_facts(client: mlflow.MlflowClient, run_id: str) -> tuple[str, float]:
+    """(training length as the run logged it, wall seconds). Epochs mean nothing to the single
+    observable (a cut) and the GBDT (boosting rounds, chosen on validation)."""
     run = client.get_run(run_id)
     wall = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else math.nan
-    return run.data.params.get("epochs", "-"), wall
+    params = run.data.params
+    if "gbdt_rounds" in params:
+        return f"{params['gbdt_rounds']} rounds", wall
+    if "observable" in params:
+        return "-", wall
+    return params.get("epochs", "-"), wall
 
 
 def markdown(summary: pd.DataFrame) -> str:
