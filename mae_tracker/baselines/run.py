@@ -7,7 +7,6 @@ jets and scores the test jets once. Under an active run (a study, a sweep) it ne
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
@@ -27,7 +26,7 @@ from mae_tracker.train import loop, tracking
 from mae_tracker.train.config import resolve_pixel_options
 from mae_tracker.train.data import RunData, prepare_data, subsample
 from mae_tracker.train.downstream import predict
-from mae_tracker.train.evaluation import classification_scores, log_test_predictions
+from mae_tracker.train.evaluation import classification_scores, keep_best_epoch, log_test_predictions
 
 
 def labelled_indices(config: BaselineConfig, data: RunData) -> np.ndarray:
@@ -145,9 +144,7 @@ def _cnn(config: BaselineConfig, data: RunData, train_indices: np.ndarray, devic
         labels, scores = predict(model, data, data.splits["val"], preprocessor, config.batch_size, device)
         metrics.update(classification_scores("val", labels, scores, scores > 0.5))
         mlflow.log_metrics(metrics, step=epoch)
-        if metrics["val_loss"] < best["val_loss"]:
-            best = {"val_loss": metrics["val_loss"], "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
-                    "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        best = keep_best_epoch(best, metrics, epoch, model)
         loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                              extra={"best": best})
     model.load_state_dict(best["state"])

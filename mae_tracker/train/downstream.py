@@ -6,7 +6,6 @@ only the encoder's starting point and what is trainable differ.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import mlflow
@@ -22,7 +21,7 @@ from mae_tracker.train import distributed, loop, tracking
 from mae_tracker.train.config import DownstreamConfig, resolve_pixel_options
 from mae_tracker.train.architecture import build_encoder_config
 from mae_tracker.train.data import RunData, prepare_data, subsample
-from mae_tracker.train.evaluation import classification_scores, log_test_predictions
+from mae_tracker.train.evaluation import classification_scores, keep_best_epoch, log_test_predictions
 from mae_tracker.train.features import FrozenFeatures
 
 
@@ -100,11 +99,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             labels, scores = predict(scorer, source, data.splits["val"], source_preprocessor, config.batch_size, device)
             metrics.update(classification_scores("val", labels, scores))
             mlflow.log_metrics(metrics, step=epoch)
-            # Model selection on validation only, by log-loss: AUC alone can pick an early epoch
-            # whose ranking is fine but whose scores all sit on one side of 0.5.
-            if metrics["val_loss"] < best["val_loss"]:
-                best = {"val_loss": metrics["val_loss"], "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
-                        "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            best = keep_best_epoch(best, metrics, epoch, model)
             loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                                  extra={"best": best})
             if callback is not None:

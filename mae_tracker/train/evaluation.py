@@ -3,9 +3,11 @@ it leaves behind on the test split, so that their numbers and artifacts compare 
 
 from __future__ import annotations
 
-from typing import Sequence
+import copy
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from mae_tracker.train import plots, tracking
@@ -31,3 +33,13 @@ def log_test_predictions(name: str, labels: np.ndarray, scores: np.ndarray, clas
     tracking.log_figure(plots.roc_figure(curves, title, **classes), "roc_curve.png")
     tracking.log_figure(plots.rejection_figure(curves, title, **classes), "roc_rejection.png")
     tracking.log_figure(plots.score_histogram(labels, scores, title, **classes), "score_histogram.png")
+
+
+def keep_best_epoch(best: dict[str, Any], metrics: dict[str, float], epoch: int,
+                    model: torch.nn.Module) -> dict[str, Any]:
+    """Model selection on validation only, by log-loss (AUC alone can pick an early epoch whose
+    ranking is fine but whose scores all sit on one side of 0.5): ``best`` or this epoch's."""
+    if metrics["val_loss"] >= best["val_loss"]:
+        return best
+    return {"val_loss": metrics["val_loss"], "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
+            "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
