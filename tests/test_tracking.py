@@ -109,3 +109,38 @@ def test_a_run_resumes_although_the_caller_made_another_experiment_active(monkey
     with tracking.tracked_run("ignored", resume_run_id=run_id) as run:
         assert run.info.run_id == run_id
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+class _Stopped(Exception):
+    """What a torchrun rank's SIGTERM handler raises (distributed.RankFailed stands here)."""
+
+
+def test_a_signal_during_the_end_of_a_failed_run_still_ends_it_failed(monkeypatch):
+    """Under torchrun, SIGTERM reaches the surviving rank just as its collective fails. A handler
+    raising inside the end-of-run writes used to abort them, and MLflow's exit hook then closed
+    the run FINISHED. The signal now waits until the run is ended FAILED."""
+    import signal
+
+    def stop(signum, _frame):
+        raise _Stopped(f"signal {signum}")
+
+    real_set_tag = mlflow.set_tag
+
+    def set_tag_hit_by_sigterm(key, value):
+        if key == "end_reason":
+            signal.raise_signal(signal.SIGTERM)  # arrives in the middle of ending the run
+        return real_set_tag(key, value)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        monkeypatch.setattr(mlflow, "set_tag", set_tag_hit_by_sigterm)
+        with pytest.raises(_Stopped):  # the signal still takes effect, once the run is ended
+            with tracking.tracked_run("signal-at-end") as run:
+                raise ValueError("collective failed")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    ended = mlflow.get_run(run.info.run_id)
+    assert ended.info.status == "FAILED"
+    assert ended.data.tags["end_reason"] == "ValueError: collective failed"
+    assert mlflow.active_run() is None
+    assert signal.getsignal(signal.SIGTERM) is previous

@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import platform
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from importlib import metadata as importlib_metadata
@@ -134,19 +136,50 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
             mlflow.set_tags(tags)
         yield run
     except KeyboardInterrupt:
-        mlflow.set_tag("end_reason", "interrupted (Ctrl-C); resume with --resume " + run.info.run_id)
-        mlflow.end_run(status="KILLED")
+        _end_run("KILLED", "interrupted (Ctrl-C); resume with --resume " + run.info.run_id)
         raise
     except optuna.TrialPruned:
-        mlflow.set_tag("end_reason", "pruned")
-        mlflow.end_run(status="KILLED")
+        _end_run("KILLED", "pruned")
         raise
     except BaseException as err:
-        mlflow.set_tag("end_reason", f"{type(err).__name__}: {err}"[:4000])
-        mlflow.end_run(status="FAILED")
+        _end_run("FAILED", f"{type(err).__name__}: {err}"[:4000])
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def _end_run(status: str, reason: str) -> None:
+    """Tag why the active run stopped and end it with ``status``, whatever signal arrives meanwhile.
+
+    Under torchrun the surviving ranks get SIGTERM just as their collectives fail. A signal
+    handler that raises inside these MLflow writes would abort them, and MLflow's exit hook
+    would then close the still-active run as FINISHED. So the signals wait until the run is
+    ended, then take effect."""
+    with _signals_deferred():
+        try:
+            mlflow.set_tag("end_reason", reason)
+        finally:
+            mlflow.end_run(status=status)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGTERM and SIGINT that arrive inside the block are delivered when it ends."""
+    if threading.current_thread() is not threading.main_thread():  # handlers run on the main thread only
+        yield
+        return
+    pending: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {signum: handler for signum, handler in previous.items() if handler is not None}  # None: not Python's
+    for signum in previous:
+        signal.signal(signum, lambda number, _frame: pending.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 def start_existing_run(run_id: str, nested: bool = False) -> mlflow.ActiveRun:
