@@ -129,3 +129,44 @@ def test_helpers_are_no_ops_on_a_world_of_one():
     with pytest.raises(ValueError, match="lr_scaling"):
         loop.peak_lr(PretrainConfig(lr_scaling="sqrt"))
     assert loop.steps_per_epoch(100, config) == 3
+
+
+def test_a_sweep_under_torchrun_trains_every_trial_on_both_ranks_and_prunes_them_together(jets_file, tmp_path):
+    """`torchrun -m mae_tracker.sweep`: rank 0 runs Optuna and MLflow; rank 1 trains each trial
+    with it (pretraining and the probe objective), leaves a pruned trial at the same epoch, and
+    is released when the sweep ends. Trials 0-1 complete; trial 2 and 3 (a rerun with a pruner
+    that always prunes) stop after epoch 0."""
+    import optuna
+
+    from test_sweep import ALWAYS_PRUNE, EXPERIMENT, parent_runs, write_spec
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    spec = write_spec(tmp_path, jets_file, "ddp-sweep", n_trials=2, fixed={
+        "data": str(jets_file), "epochs": 2, "batch_size": 16, "depth": 2, "probe_train_jets": 64,
+        "probe_val_jets": 64, "eval_jets": 64, "image_every": 0})
+    done = torchrun(["-m", "mae_tracker.sweep", str(spec), "--storage", storage, "--no-progress"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    spec = write_spec(tmp_path, jets_file, "ddp-sweep", n_trials=4, pruner=ALWAYS_PRUNE, fixed={
+        "data": str(jets_file), "epochs": 2, "batch_size": 16, "depth": 2, "probe_train_jets": 64,
+        "probe_val_jets": 64, "eval_jets": 64, "image_every": 0})
+    done = torchrun(["-m", "mae_tracker.sweep", str(spec), "--storage", storage, "--no-progress"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    trials = optuna.load_study(study_name="ddp-sweep", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    assert all(0.0 < t.value <= 1.0 for t in trials[:2])
+    (parent,) = parent_runs("ddp-sweep")
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list",
+                              filter_string="tags.arm = 'pretrain'")
+    pretrains = {r.data.tags["mlflow.runName"]: r for r in runs if r.data.tags["mlflow.runName"].startswith(
+        "trial-") and r.data.params.get("world_size") == "2"}
+    assert sorted(pretrains) == [f"trial-{n}-pretrain" for n in range(4)]  # one run per trial, not per rank
+    for name, run in pretrains.items():
+        assert run.data.params["global_batch_size"] == "32"
+        pruned = name in ("trial-2-pretrain", "trial-3-pretrain")
+        assert run.info.status == ("KILLED" if pruned else "FINISHED"), name
+        assert len(history(run.info.run_id, "train_loss")) == (1 if pruned else 2), name
+    probes = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list",
+                                filter_string="tags.arm = 'probe'")
+    probes = [r for r in probes if r.data.params.get("world_size") == "2"]
+    assert len(probes) == 2 and all(r.info.status == "FINISHED" for r in probes)

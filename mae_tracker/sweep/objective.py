@@ -17,6 +17,7 @@ import mlflow
 import optuna
 from mlflow.entities import Metric
 
+from mae_tracker.sweep import ranks
 from mae_tracker.sweep.spec import FROM_PRETRAIN, SweepSpec
 from mae_tracker.train.config import DownstreamConfig, PretrainConfig
 
@@ -92,12 +93,10 @@ class Objective:
         return value
 
     def _run(self, trial: optuna.Trial, params: dict[str, Any], run_id: str) -> float:
-        from mae_tracker.train.downstream import train_classifier
-        from mae_tracker.train.pretrain import pretrain
-
         spec, ctx = self.ctx.spec, self.ctx
         config = pretrain_config(spec, params, ctx, trial.number)
-        result = pretrain(config, callback=_EpochReporter(trial, spec, run_id), progress=ctx.progress)
+        result = ranks.call_arm("pretrain", config, callback=_EpochReporter(trial, spec, run_id),
+                                progress=ctx.progress)
         trial.set_user_attr("pretrain_run_id", result["run_id"])
         trial.set_user_attr("encoder_uri", result["encoder_uri"])
         mlflow.set_tags({"pretrain_run_id": result["run_id"], "encoder_uri": result["encoder_uri"]})
@@ -109,8 +108,8 @@ class Objective:
             # within 1% (4 tiny pretrain runs checked), and test_loss stays in the run to look at.
             value = float(result["train_eval_loss"])
         else:
-            scored = train_classifier(downstream_config(spec, config, result["encoder_uri"], trial.number),
-                                      progress=ctx.progress)
+            scoring = downstream_config(spec, config, result["encoder_uri"], trial.number)
+            scored = ranks.call_arm(spec.objective, scoring, progress=ctx.progress)
             trial.set_user_attr("downstream_run_id", scored["run_id"])
             mlflow.set_tag("downstream_run_id", scored["run_id"])
             value = float(scored[DOWNSTREAM_KEYS[spec.metric]])

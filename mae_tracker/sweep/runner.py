@@ -21,10 +21,11 @@ import optuna
 from optuna.trial import TrialState
 
 from mae_tracker.sweep import parent as parent_run
+from mae_tracker.sweep import ranks
 from mae_tracker.sweep.objective import Objective, TrialContext
 from mae_tracker.sweep.spec import SweepSpec, load_spec
 from mae_tracker.sweep.storage import STORAGE_ENV, make_storage, mask_password, resolve_storage_url, sqlite_path
-from mae_tracker.train import tracking
+from mae_tracker.train import distributed, tracking
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 Echo = Callable[[str], None]
@@ -64,6 +65,13 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
     spec = spec.with_overrides(**changes)
     if n_workers < 1:
         raise ValueError(f"--n-workers must be >= 1, got {n_workers}")
+    if distributed.launched_by_torchrun():
+        if n_workers > 1 or worker:
+            raise ValueError("--n-workers and --worker do not combine with torchrun: the ranks of a torchrun "
+                             "job train each trial together (start more torchrun jobs to run trials side by side)")
+        if not distributed.init(spec.fixed.get("device", "auto")).is_main:
+            ranks.follow()  # train each trial with rank 0 until the sweep is done
+            return {"rank": distributed.context().rank}
     tracking_uri = tracking.configure_tracking()
     url = resolve_storage_url(storage, tracking_uri)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours to print
@@ -91,7 +99,7 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
     parent_id = parent_run.open_parent(study, spec, url)
     echo(f"sweep {spec.name}: {spec.n_trials} trials ({spec.method}, pruner {spec.pruner}, objective "
          f"{spec.objective}) in {mask_password(url)}; MLflow parent run {parent_id}")
-    with parent_run.closing(parent_id):
+    with ranks.leading(), parent_run.closing(parent_id):
         if n_workers > 1:
             _spawn_workers(spec, url, n_workers, progress)
         # Alone, or after the workers: finish what is left (trials of workers that died, or

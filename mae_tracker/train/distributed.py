@@ -19,6 +19,7 @@ The rules the arms follow (see loop.train_one_epoch and the arms):
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import signal
@@ -78,6 +79,9 @@ def init(device_name: str = "auto") -> Context:
     dist.init_process_group(backend=backend, timeout=timeout)
     _context = Context(rank=rank, world_size=world, local_rank=local_rank)
     _install_sigterm_handler()
+    # Leave the group before the interpreter tears down: a gloo group destroyed during
+    # finalisation can abort the process ("terminate called without an active exception").
+    atexit.register(shutdown)
     return _context
 
 

@@ -94,7 +94,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
                 lambda images, labels: loss_fn(train_model(images).float(), labels.float()),
                 optimizer, scheduler, progress=progress, desc=f"{config.arm} epoch {epoch}", device=device)
             if not ctx.is_main:  # validation, logging and checkpoints are rank 0's
-                distributed.barrier()
+                distributed.on_main(loop.report_epoch, None, epoch, metrics)  # rank 0's verdict: go on or stop
                 continue
             labels, scores = predict(scorer, source, data.splits["val"], source_preprocessor, config.batch_size, device)
             metrics.update(classification_scores("val", labels, scores))
@@ -102,9 +102,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             best = keep_best_epoch(best, metrics, epoch, model)
             loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                                  extra={"best": best})
-            if callback is not None:
-                callback(epoch, metrics)
-            distributed.barrier()
+            distributed.on_main(loop.report_epoch, callback, epoch, metrics)  # pruned here: every rank stops
 
         if not ctx.is_main:
             return distributed.broadcast_object(None)  # rank 0's result, once its run has ended

@@ -37,6 +37,13 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 """Called after every epoch with (epoch, metrics); may raise (e.g. optuna.TrialPruned)."""
 
 
+def report_epoch(callback: EpochCallback | None, epoch: int, metrics: dict[str, float]) -> None:
+    """Give an epoch's metrics to the caller's callback (a sweep's pruner). The arms call it through
+    ``distributed.on_main``: rank 0 decides, and its exception (``TrialPruned``) stops every rank."""
+    if callback is not None:
+        callback(epoch, metrics)
+
+
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -85,7 +85,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
                     len(images), model.encoder.num_patches, device))[0],
                 optimizer, scheduler, progress=progress, desc=f"pretrain epoch {epoch}", device=device)
             if not ctx.is_main:  # evaluation, logging and checkpoints are rank 0's
-                distributed.barrier()
+                distributed.on_main(loop.report_epoch, None, epoch, metrics)  # rank 0's verdict: go on or stop
                 continue
             metrics["train_eval_loss"] = _eval_loss(model, data, train_indices[:len(test_indices)],
                                                     preprocessor, config, device)
@@ -104,9 +104,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
                               figures=figures, run_id=run_id)
             loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                                  extra={"preprocessing": preprocessor.to_dict()})
-            if callback is not None:
-                callback(epoch, metrics)
-            distributed.barrier()
+            distributed.on_main(loop.report_epoch, callback, epoch, metrics)  # pruned here: every rank stops
 
         if not ctx.is_main:
             return distributed.broadcast_object(None)  # rank 0's result, once its run has ended
