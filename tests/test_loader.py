@@ -75,3 +75,32 @@ def test_each_worker_reads_with_its_own_handle(reader):
     idx = np.array([5, 1, 9])
     assert np.array_equal(clone.read(idx)[0], reader.read(idx)[0])
     clone.close()
+
+
+def test_worker_processes_give_the_same_batches_and_pass_errors_on(reader):
+    """Process workers (h5py lets one thread decompress at a time): same batches, same order,
+    capped passes, a rank's shard, and a reader error raised in the consumer."""
+    train = make_splits(len(reader), seed=0)["pretrain"]
+    pre = Preprocessor.fit(reader, train)
+    plain = list(passes(reader, train, preprocessor=pre))
+    loader = prefetch(passes(reader, train, preprocessor=pre), workers=2, processes=True)
+    assert len(loader) == len(plain) and same(loader, plain)
+    assert same(prefetch(passes(reader, train), workers=2, n_batches=3, processes=True), plain_first(reader, train, 3))
+    shard = passes(reader, train, preprocessor=pre, rank=1, world_size=2)
+    assert same(prefetch(passes(reader, train, preprocessor=pre, rank=1, world_size=2), workers=2, processes=True),
+                shard)
+
+    class Broken:
+        info = reader.info
+
+        def read(self, idx):
+            raise OSError("disk gone")
+
+    batches = passes(reader, train)
+    batches.reader = Broken()
+    with pytest.raises(OSError, match="disk gone"):
+        list(prefetch(batches, workers=2, processes=True))
+
+
+def plain_first(reader, indices, n):
+    return list(passes(reader, indices))[:n]

@@ -114,6 +114,10 @@ def test_epoch_with_background_loader_equals_the_plain_loop(jets_file):
     assert plain["train_loss"] == prefetched["train_loss"] and np.isfinite(plain["train_loss"])
     assert torch.equal(weights, prefetched_weights)
     assert plain["throughput_img_s"] > 0 and plain["epoch_time_s"] > 0
+    # worker processes (own HDF5 handles, forked): the same batches in the same order
+    processes, process_weights = _one_epoch(jets_file, loader_workers=2, loader_processes=True)
+    assert processes["train_loss"] == plain["train_loss"]
+    assert torch.equal(weights, process_weights)
 
 
 def test_nan_is_caught_at_the_next_logging_point_without_a_per_step_sync(jets_file):

@@ -5,8 +5,13 @@
 via ``reader.clone()``) into its own bounded queue, and the consumer takes batch ``k`` from queue
 ``k % W``. The batches are therefore exactly those of the plain iterator, in the same order
 (same seed -> same numbers), and shuffled reads stay chunk-aware (each batch is still read as
-sorted runs of rows). Threads, not processes: h5py decompression, numpy and torch release the
-GIL for the heavy parts, no batch is pickled, and a worker starts in microseconds.
+sorted runs of rows). Threads by default: numpy and torch release the GIL for the heavy parts,
+no batch is copied between processes, and a worker starts in microseconds.
+
+h5py, though, holds one lock for every call, so threads decompress one image at a time. With
+``processes=True`` the workers are processes (torch's DataLoader over "batch k" of the same
+pass, each process with its own HDF5 handle), which scale with cores: the choice for large
+images on a machine with cores to spare (a GPU node). Same batches, same order.
 
 On CUDA, ``pin_memory=True`` pins each batch in the worker so the training thread's
 ``.to(device, non_blocking=True)`` is a true asynchronous copy.
@@ -14,13 +19,14 @@ On CUDA, ``pin_memory=True`` pins each batch in the worker so the training threa
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Any, Iterator
 
 import torch
 
-__all__ = ["Prefetcher", "prefetch"]
+__all__ = ["Prefetcher", "prefetch", "process_prefetcher"]
 
 _DONE = object()
 
@@ -124,9 +130,41 @@ class Prefetcher:
         self._next = self.n_batches
 
 
-def prefetch(batches: Any, *, workers: int, pin_memory: bool = False, n_batches: int | None = None) -> Any:
-    """``batches`` with ``workers`` background threads ahead of it; 0 workers: ``batches`` as
-    they are, read on the calling thread (capped at ``n_batches``)."""
+class _BatchK(torch.utils.data.Dataset):
+    """Batch ``k`` of a pass as a dataset item, for DataLoader worker processes; each process
+    reads with its own clone of the reader (an HDF5 handle must not cross a fork)."""
+
+    def __init__(self, batches: Any, n_batches: int) -> None:
+        self.batches, self.n_batches = batches, n_batches
+        self._reader, self._pid = None, -1
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pid != os.getpid():
+            source = self.batches.reader
+            self._reader = source.clone() if hasattr(source, "clone") else source
+            self._pid = os.getpid()
+        return self.batches.batch(k, self._reader)
+
+
+def process_prefetcher(batches: Any, *, workers: int, depth: int = 2, pin_memory: bool = False,
+                       n_batches: int | None = None) -> torch.utils.data.DataLoader:
+    """Like :class:`Prefetcher`, with ``workers`` processes (forked, so nothing is pickled on
+    the way in); DataLoader hands the batches back in order through shared memory."""
+    n = len(batches) if n_batches is None else min(n_batches, len(batches))
+    return torch.utils.data.DataLoader(_BatchK(batches, n), batch_size=None, shuffle=False,
+                                       num_workers=min(workers, max(1, n)), prefetch_factor=depth,
+                                       pin_memory=pin_memory, multiprocessing_context="fork")
+
+
+def prefetch(batches: Any, *, workers: int, pin_memory: bool = False, n_batches: int | None = None,
+             processes: bool = False) -> Any:
+    """``batches`` with ``workers`` background threads (or ``processes``) ahead of it; 0
+    workers: ``batches`` as they are, read on the calling thread (capped at ``n_batches``)."""
+    if workers > 0 and processes:
+        return process_prefetcher(batches, workers=workers, pin_memory=pin_memory, n_batches=n_batches)
     if workers > 0:
         return Prefetcher(batches, workers=workers, pin_memory=pin_memory, n_batches=n_batches)
     if n_batches is not None and n_batches < len(batches):

@@ -284,7 +284,7 @@ def train_one_epoch(reader: Any, indices: np.ndarray, preprocessor: Any, config:
     batches = iterate_batches(reader, indices, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
                               preprocessor=preprocessor, drop_last=True, rank=ctx.rank, world_size=ctx.world_size)
     source = prefetch(batches, workers=getattr(config, "loader_workers", 0), pin_memory=device.type == "cuda",
-                      n_batches=steps)
+                      n_batches=steps, processes=getattr(config, "loader_processes", False))
     step_metrics = MetricBuffer()
     log_every = config.log_every_steps
     running = torch.zeros((), dtype=torch.float64, device=device)
