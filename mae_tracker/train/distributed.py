@@ -118,6 +118,12 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
     if not any(p.requires_grad for p in model.parameters()):
         return model
+    if device.type == "cuda":
+        # BatchNorm (the probe head) normalised over the global batch, as in one process; the
+        # BatchNorm modules are swapped inside ``model``, so evaluation and the logged model see
+        # the same ones (in eval mode they use running statistics and never communicate).
+        # SyncBatchNorm has no CPU implementation: under gloo, BatchNorm stays per rank.
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
