@@ -170,3 +170,38 @@ def test_a_sweep_under_torchrun_trains_every_trial_on_both_ranks_and_prunes_them
                                 filter_string="tags.arm = 'probe'")
     probes = [r for r in probes if r.data.params.get("world_size") == "2"]
     assert len(probes) == 2 and all(r.info.status == "FINISHED" for r in probes)
+
+
+RANK_0_BREAKS = textwrap.dedent("""
+    import os, sys
+    from mae_tracker.train import pretrain
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke on rank 0 only")
+    if os.environ["RANK"] == "0":
+        pretrain._eval_loss = broken
+    from mae_tracker.sweep.runner import run_sweep
+    run_sweep(sys.argv[1], storage=sys.argv[2])
+""")
+
+
+def test_a_failure_on_rank_0_alone_ends_the_sweep_job_instead_of_hanging(jets_file, tmp_path):
+    """Rank 1 waits at the epoch's end for rank 0, which failed: the trial cannot go on together,
+    so the job ends (torchrun stops rank 1) and every run says FAILED, none RUNNING."""
+    from test_sweep import EXPERIMENT, child_runs, parent_runs, write_spec
+
+    script = tmp_path / "rank0_breaks.py"
+    script.write_text(RANK_0_BREAKS)
+    spec = write_spec(tmp_path, jets_file, "ddp-sweep-breaks", n_trials=2, fixed={
+        "data": str(jets_file), "epochs": 2, "batch_size": 16, "depth": 2, "probe_train_jets": 0,
+        "probe_val_jets": 0, "eval_jets": 32, "image_every": 0})
+    done = torchrun([str(script), str(spec), f"sqlite:///{tmp_path / 'optuna.db'}"], cwd=tmp_path, timeout=240)
+    assert done.returncode != 0
+    assert "RanksOutOfStep" in done.stderr and "evaluation broke on rank 0 only" in done.stderr
+    (parent,) = parent_runs("ddp-sweep-breaks")
+    assert mlflow.get_run(parent.info.run_id).info.status == "FAILED"
+    (trial,) = child_runs(parent.info.run_id).values()  # the sweep stopped at its first trial
+    assert trial.info.status == "FAILED"
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list",
+                              filter_string="tags.mlflow.runName = 'trial-0-pretrain'")
+    assert [r.info.status for r in runs if r.data.tags.get("mlflow.parentRunId") == trial.info.run_id] == ["FAILED"]
