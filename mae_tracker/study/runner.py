@@ -83,7 +83,7 @@ def _data(spec: StudySpec, workers: int | None, progress: bool, echo: Echo) -> P
     config = make_config(**spec.data)
     path = default_dataset_path(config)
     if not path.exists():
-        echo(f"[data] generating {config.n_jets} {spec.data['task']} jets into {path} (cached for reruns)")
+        echo(f"[data] generating {config.n_jets} {spec.data['task']} images into {path} (cached for reruns)")
     return default_dataset(config, workers=workers, progress=progress)
 
 
