@@ -20,6 +20,20 @@ def passes(reader, indices, **kwargs):
     return iterate_batches(reader, indices, 32, shuffle=True, seed=3, epoch=1, drop_last=True, **kwargs)
 
 
+def broken_pass(reader, indices):
+    """A pass whose every read fails, as a vanished disk would."""
+
+    class Broken:
+        info = reader.info
+
+        def read(self, idx):
+            raise OSError("disk gone")
+
+    batches = passes(reader, indices)
+    batches.reader = Broken()
+    return batches
+
+
 def same(a, b):
     a, b = list(a), list(b)
     return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
@@ -57,16 +71,8 @@ def test_early_close_stops_workers_and_errors_reach_the_consumer(reader):
     with pytest.raises(StopIteration):
         next(loader)
 
-    class Broken:
-        info = reader.info
-
-        def read(self, idx):
-            raise OSError("disk gone")
-
-    batches = passes(reader, train)
-    batches.reader = Broken()
     with pytest.raises(OSError, match="disk gone"):
-        list(Prefetcher(batches, workers=2))
+        list(Prefetcher(broken_pass(reader, train), workers=2))
 
 
 def test_each_worker_reads_with_its_own_handle(reader):
@@ -85,22 +91,9 @@ def test_worker_processes_give_the_same_batches_and_pass_errors_on(reader):
     plain = list(passes(reader, train, preprocessor=pre))
     loader = prefetch(passes(reader, train, preprocessor=pre), workers=2, processes=True)
     assert len(loader) == len(plain) and same(loader, plain)
-    assert same(prefetch(passes(reader, train), workers=2, n_batches=3, processes=True), plain_first(reader, train, 3))
+    assert same(prefetch(passes(reader, train), workers=2, n_batches=3, processes=True), list(passes(reader, train))[:3])
     shard = passes(reader, train, preprocessor=pre, rank=1, world_size=2)
     assert same(prefetch(passes(reader, train, preprocessor=pre, rank=1, world_size=2), workers=2, processes=True),
                 shard)
-
-    class Broken:
-        info = reader.info
-
-        def read(self, idx):
-            raise OSError("disk gone")
-
-    batches = passes(reader, train)
-    batches.reader = Broken()
     with pytest.raises(OSError, match="disk gone"):
-        list(prefetch(batches, workers=2, processes=True))
-
-
-def plain_first(reader, indices, n):
-    return list(passes(reader, indices))[:n]
+        list(prefetch(broken_pass(reader, train), workers=2, processes=True))
