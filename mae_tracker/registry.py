@@ -38,7 +38,7 @@ GOALS = ("maximize", "minimize")
 # Which logged model a run offers, by its `arm` tag, and what it is scored on by default.
 MODEL_BY_ARM = {"pretrain": "encoder", "finetune": "classifier", "probe": "classifier", "scratch": "classifier"}
 DEFAULT_METRIC = {"encoder": "val_probe_auc", "classifier": "best_val_auc"}
-# "tagger", not "classifier": the registered thing takes raw images and returns P(quark)
+# "tagger", not "classifier": the registered thing takes raw images and returns P(label 1)
 # (preprocessing inside), whatever arm trained it; the arm is a version tag.
 FAMILY_PREFIX = {"encoder": "mae", "classifier": "tagger"}
 
@@ -231,7 +231,7 @@ def _version_tags(client: MlflowClient, run: Run, model: str, metadata: dict[str
 
 def _description(model: str, run: Run, tags: dict[str, str]) -> str:
     what = ("MAE-pretrained encoder: images (N,C,H,W), preprocessed, -> features (N,D)" if model == "encoder"
-            else "quark/gluon tagger: raw images as stored in the HDF5 file -> P(quark) (N,), "
+            else "jet tagger: raw images as stored in the HDF5 file -> P(label 1) (N,), "
                  f"preprocessing inside; input layout {tags.get('input_layout') or 'see model metadata'}")
     origin = f"run {run.info.run_id} ({run.info.run_name}, arm {tags['arm']})"
     if tags["study"]:

@@ -135,7 +135,7 @@ def test_downstream_arms_classify_real_jets(pretrained, jets_file):
         assert result["best_val_auc"] == val_auc[result["best_epoch"]]
         assert run.data.metrics["best_val_auc"] == result["best_val_auc"]
         classifier = mlflow.pytorch.load_model(f"runs:/{result['run_id']}/classifier")
-        # the logged classifier is the QuarkTagger: raw channels-last images -> P(quark)
+        # the logged classifier is the JetTagger: raw channels-last images -> P(label 1)
         probabilities = classifier(torch.rand(4, 32, 32, 3))
         assert probabilities.shape == (4,) and bool(((probabilities >= 0) & (probabilities <= 1)).all())
         after = encoder_state(classifier.encoder)

@@ -199,3 +199,17 @@ def test_sweep_parent_report_reads_arm_runs_nested_under_trials(tmp_path):
     assert "test_predictions.csv" in paths.markdown.read_text()  # said why there is no ROC figure
     assert paths.logged_to == parent
     assert "report/report.html" in {a.path for a in client.list_artifacts(parent, "report")}
+
+
+def test_roc_figures_name_the_task_classes(parent_report, jets_file):
+    """The ROC section names the file's classes (here quark/gluon), from the runs' class_names tag,
+    else the data file's attributes (runs logged before the tag), else "signal"/"background"."""
+    import pandas as pd
+
+    from mae_tracker.report import collect
+
+    assert "gluon rejection 1/eps_b against quark efficiency eps_s" in parent_report.markdown.read_text()
+    frame = pd.DataFrame({"class_names": ["", "top,QCD"], "data_path": ["", str(jets_file)]})
+    assert collect.class_names(frame) == ("top", "QCD")
+    assert collect.class_names(frame.assign(class_names="")) == ("quark", "gluon")
+    assert collect.class_names(frame.assign(class_names="", data_path="/nowhere.h5")) == ("signal", "background")

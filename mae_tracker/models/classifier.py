@@ -21,7 +21,7 @@ from mae_tracker.models.vit import POOLING
 
 
 class JetClassifier(nn.Module):
-    """forward(x (B, C, H, W)) -> logits (B,); sigmoid(logit) = P(quark), label y=1."""
+    """forward(x (B, C, H, W)) -> logits (B,); sigmoid(logit) = P(label 1), e.g. quark."""
 
     def __init__(self, encoder: nn.Module, *, linear_probe: bool = False, dropout: float = 0.0,
                  pool: str = "mean") -> None:

@@ -1,6 +1,6 @@
-"""A fine-tuned classifier packaged for physicists: raw images in, quark probabilities out.
+"""A fine-tuned classifier packaged for physicists: raw images in, signal probabilities out.
 
-The logged ``classifier`` model of a downstream run is a :class:`QuarkTagger`, so that
+The logged ``classifier`` model of a downstream run is a :class:`JetTagger`, so that
 ``mlflow.pyfunc.load_model("models:/tagger-vit-32x32x3@champion").predict(X_jets)`` works on
 images exactly as stored in an E2E HDF5 file, with no knowledge of the training-time
 preprocessing (its fitted statistics travel inside the model).
@@ -17,8 +17,9 @@ from mae_tracker.models.classifier import JetClassifier
 INPUT_LAYOUT = "NHWC"  # channels last, like the CMS E2E `X_jets` (N, H, W, C) float32
 
 
-class QuarkTagger(nn.Module):
-    """forward(raw images (N, H, W, C) float32) -> P(quark) (N,) in [0, 1].
+class JetTagger(nn.Module):
+    """forward(raw images (N, H, W, C) float32) -> P(label 1) (N,) in [0, 1]: the probability of
+    the file's first class (quark for quark/gluon, top for top/QCD, electron for e/gamma).
 
     ``classifier`` is the trained JetClassifier (still trainable: ``tagger.classifier``);
     ``preprocessor`` the statistics it was trained with. The layout is fixed to channels
@@ -42,3 +43,7 @@ class QuarkTagger(nn.Module):
                              f"got shape {tuple(images.shape)}")
         x = self.preprocessor.transform(images.permute(0, 3, 1, 2))  # (N, C, H, W), float32, new memory
         return torch.sigmoid(self.classifier(x))
+
+
+# Models logged before the rename unpickle by this name.
+QuarkTagger = JetTagger

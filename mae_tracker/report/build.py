@@ -162,14 +162,15 @@ def _roc_section(client: mlflow.MlflowClient, frame: pd.DataFrame, fig_dir: Path
     if not curves:
         blocks.append(Paragraph("No finished downstream run has a `test_predictions.csv` artifact."))
         return chosen
-    roc = plots.roc_figure(curves, "ROC on the test split")
-    rejection = plots.rejection_figure(curves, "Background rejection on the test split")
+    signal, background = collect.class_names(downstream)
+    roc = plots.roc_figure(curves, "ROC on the test split", signal, background)
+    rejection = plots.rejection_figure(curves, f"{background} rejection on the test split", signal, background)
     figures.save(roc, str(fig_dir / "roc.png"))
     figures.save(rejection, str(fig_dir / "roc_rejection.png"))
     blocks += [Paragraph("One run per arm, the one with the most labelled jets and then the best validation "
                          "AUC: " + "; ".join(lines) + "."),
                Image("figures/roc.png", "ROC curves of the arms (test split)"),
-               Image("figures/roc_rejection.png", "Gluon rejection 1/eps_g against quark efficiency eps_q")]
+               Image("figures/roc_rejection.png", f"{background} rejection 1/eps_b against {signal} efficiency eps_s")]
     return chosen
 
 

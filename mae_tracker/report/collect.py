@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -120,6 +121,7 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
             "status": run.info.status, "arm": tags.get("arm", ""), "start_time": run.info.start_time,
             "pretrain_run_id": run.info.run_id if tags.get("arm") == "pretrain" else tags.get("pretrain_run_id", ""),
             "parent_run_id": tags.get(PARENT_TAG, ""), "data_sha256": tags.get("data_sha256", ""),
+            "data_path": tags.get("data_path", ""), "class_names": tags.get("class_names", ""),
             "model": model_name(params)}
         row.update({f"param_{name}": params.get(name) for name in PARAMS})
         row.update({name: metrics.get(name, np.nan) for name in METRICS})
@@ -138,6 +140,28 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
     for name in ("label_fraction", "labelled_jets", "seed"):
         frame[name] = pd.to_numeric(frame[f"param_{name}"], errors="coerce")
     return frame
+
+
+def class_names(frame: pd.DataFrame) -> tuple[str, str]:
+    """(label 1, label 0) names of the runs' data, e.g. ("top", "QCD"): from a run's ``class_names``
+    tag, else from the attributes of its data file (runs logged before the tag), else generic."""
+    if frame.empty:
+        return "signal", "background"
+    for names in frame.class_names:
+        if names and "," in names:
+            signal, background = names.split(",", 1)
+            return signal, background
+    for path in dict.fromkeys(frame.data_path):
+        if path and Path(path).is_file():
+            from mae_tracker.data.jetfile import JetImageReader
+
+            try:
+                with JetImageReader(path) as reader:
+                    signal, background = reader.info.class_names[:2]
+                    return str(signal), str(background)
+            except Exception:  # noqa: BLE001 - a file that moved on or changed: fall back
+                continue
+    return "signal", "background"
 
 
 def model_name(params: dict[str, str]) -> str:

@@ -15,7 +15,7 @@ import torch
 from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.classifier import JetClassifier
-from mae_tracker.models.tagger import QuarkTagger
+from mae_tracker.models.tagger import JetTagger
 from mae_tracker.models.variants import EncoderConfig, build_encoder
 from mae_tracker.train import distributed, loop, tracking
 from mae_tracker.train.config import DownstreamConfig, resolve_pixel_options
@@ -113,16 +113,16 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
         mlflow.log_metrics(final)
         log_test_predictions(config.arm, labels, scores, data.info.class_names,
                              f"{config.arm}: test ROC AUC {final['test_auc']:.4f}")
-        # The logged model is the QuarkTagger: raw images as stored in the file (channels last,
-        # like E2E X_jets), preprocessing inside, P(quark) out; `.classifier` is the JetClassifier.
+        # The logged model is the JetTagger: raw images as stored in the file (channels last,
+        # like E2E X_jets), preprocessing inside, P(label 1) out; `.classifier` is the JetClassifier.
         example, _ = data.reader.read(data.splits["test"][:2])  # (n, C, H, W) raw
-        tracking.log_torch_model(QuarkTagger(model, preprocessor), "classifier",
+        tracking.log_torch_model(JetTagger(model, preprocessor), "classifier",
                                  np.ascontiguousarray(example.transpose(0, 2, 3, 1), dtype=np.float32),
                                  {"encoder_config": model.encoder.config.to_dict(), "arm": config.arm,
                                   "preprocessing": preprocessor.to_dict(),
                                   "pretrain_run_id": encoder_meta.get("pretrain_run_id", ""),
                                   "channel_names": list(data.info.channel_names),
-                                  "input_layout": QuarkTagger.input_layout})
+                                  "input_layout": JetTagger.input_layout})
         ckpt.unlink(missing_ok=True)  # the logged classifier replaces it
     return distributed.broadcast_object({**metrics, **final, "run_id": run_id})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Sequence
 
+import mlflow
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
@@ -29,6 +30,7 @@ def log_test_predictions(name: str, labels: np.ndarray, scores: np.ndarray, clas
     score histogram. ``class_names``: (label 1, label 0), e.g. the file's (quark, gluon)."""
     tracking.log_table({"label": labels.astype(int), "score": scores}, "test_predictions.csv")
     classes = dict(zip(("signal", "background"), class_names))
+    mlflow.set_tag("class_names", ",".join(class_names))  # what label 1 and 0 are, for the report
     curves = {name: (labels, scores)}
     tracking.log_figure(plots.roc_figure(curves, title, **classes), "roc_curve.png")
     tracking.log_figure(plots.rejection_figure(curves, title, **classes), "roc_rejection.png")

@@ -65,7 +65,7 @@ Curves = dict[str, tuple[np.ndarray, np.ndarray]]
 """Named (labels, scores) pairs: one ROC curve each, e.g. {"finetune": (y, p), "probe": ...}."""
 
 
-def roc_figure(curves: Curves, title: str, signal: str = "quark", background: str = "gluon") -> Figure:
+def roc_figure(curves: Curves, title: str, signal: str = "signal", background: str = "background") -> Figure:
     """Standard ROC: signal efficiency (true positive rate) vs background efficiency."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -82,7 +82,7 @@ def roc_figure(curves: Curves, title: str, signal: str = "quark", background: st
     return fig
 
 
-def rejection_figure(curves: Curves, title: str, signal: str = "quark", background: str = "gluon") -> Figure:
+def rejection_figure(curves: Curves, title: str, signal: str = "signal", background: str = "background") -> Figure:
     """The HEP convention: background rejection 1/eps_background (log scale) against signal
     efficiency eps_signal; a random classifier is the curve 1/eps."""
     from sklearn.metrics import roc_curve
@@ -105,8 +105,8 @@ def rejection_figure(curves: Curves, title: str, signal: str = "quark", backgrou
     return fig
 
 
-def score_histogram(labels: np.ndarray, scores: np.ndarray, title: str, signal: str = "quark",
-                    background: str = "gluon") -> Figure:
+def score_histogram(labels: np.ndarray, scores: np.ndarray, title: str, signal: str = "signal",
+                    background: str = "background") -> Figure:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     bins = np.linspace(0.0, 1.0, 41)
     ax.hist(scores[labels == 1], bins=bins, histtype="step", density=True, label=f"{signal} (y=1)")
