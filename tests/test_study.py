@@ -153,7 +153,12 @@ def test_the_shipped_study_files_are_valid():
             continue
         spec = load_study_spec(path)
         assert spec.fractions == (0.01, 0.1, 1.0) and spec.seeds == (0, 1, 2)
-        assert spec.data.get("n_jets", 0) >= 50_000 or "file" in spec.data
+        assert set(spec.arms) == {"probe", "finetune", "scratch"} and set(spec.baselines) == {"observable", "gbdt",
+                                                                                              "cnn"}
+        # quark/gluon: the 50,000 jets; top/QCD and e/gamma: 30,000 (what 2 CPU cores ran in a session)
+        least = 50_000 if spec.data.get("task", "quark-gluon") == "quark-gluon" else 30_000
+        assert spec.data.get("n_jets", 0) >= least or "file" in spec.data, path.name
+    assert {p.name for p in root.glob("study-*.yaml")} >= {"study-qg.yaml", "study-top-qcd.yaml", "study-eg.yaml"}
 
 
 def test_a_changed_study_file_is_a_new_plan_not_a_resume(study):
