@@ -144,3 +144,23 @@ def test_a_signal_during_the_end_of_a_failed_run_still_ends_it_failed(monkeypatc
     assert ended.data.tags["end_reason"] == "ValueError: collective failed"
     assert mlflow.active_run() is None
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_sigterm_ends_the_run_killed_with_a_resume_hint_and_exits_143():
+    """A batch scheduler's time limit (or `kill`) sends SIGTERM; Python's default would leave the
+    run RUNNING. The run ends KILLED, says how to resume, and the process exits 128 + 15."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a plain `mae-tracker` process
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            with tracking.tracked_run("sigterm") as run:
+                signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 143
+    ended = mlflow.get_run(run.info.run_id)
+    assert ended.info.status == "KILLED"
+    assert ended.data.tags["end_reason"] == f"stopped by SIGTERM; resume with --resume {run.info.run_id}"
+    assert mlflow.active_run() is None

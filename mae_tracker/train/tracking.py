@@ -113,8 +113,8 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
     If a run is active in this thread (a sweep trial, a label-efficiency study), the arm's
     run is nested under it, in the same experiment. Under ``mlflow run`` the launcher has
     already created the run (MLFLOW_RUN_ID), and we join it. Errors end the run FAILED;
-    Ctrl-C, and a pruned sweep trial, end it KILLED: no run stays RUNNING, and none that
-    stopped early looks finished.
+    Ctrl-C, SIGTERM (a batch scheduler's time limit, ``kill``) and a pruned sweep trial end it
+    KILLED: no run stays RUNNING, and none that stopped early looks finished.
     """
     import optuna
 
@@ -132,9 +132,13 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
     else:
         run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name or None)
     try:
-        if tags:
-            mlflow.set_tags(tags)
-        yield run
+        with _sigterm_as_exit():
+            if tags:
+                mlflow.set_tags(tags)
+            yield run
+    except Terminated:
+        _end_run("KILLED", "stopped by SIGTERM; resume with --resume " + run.info.run_id)
+        raise
     except KeyboardInterrupt:
         _end_run("KILLED", "interrupted (Ctrl-C); resume with --resume " + run.info.run_id)
         raise
@@ -146,6 +150,31 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived while a run was active: the process exits 143 once the run is ended KILLED."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the block runs, where nobody else handles it
+    (under torchrun, distributed.py's handler does); Python's default would end the process on
+    the spot and leave the run RUNNING."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        raise Terminated(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _end_run(status: str, reason: str) -> None:
