@@ -13,7 +13,6 @@ workers), so a file at ``out`` is always complete.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -21,7 +20,6 @@ import multiprocessing
 import os
 import secrets
 import signal
-import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +33,7 @@ from mae_tracker.data.detector import CHANNEL_UNITS, CHANNELS, PRESETS, get_dete
 from mae_tracker.data.pythia_jets import (COLLISION_ENERGY, GLUON, GLUON_ID, JET_R, LIGHT_QUARKS, MATCH_DR, PROCESSES,
                                           PYTHIA_SEED_MAX, QUARK, JetCuts, ShardJets, generate_jets,
                                           pythia_settings)
+from mae_tracker.signals import sigterm_as_exit
 
 SHARD_JETS = 250  # jets of one class per shard; part of the output's identity (stored in attrs)
 PT_BIN_WIDTH = 5.0  # GeV, pT-matched resampling granularity
@@ -188,23 +187,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "unknown"
     return versions
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """While writing, SIGTERM unwinds like Ctrl-C (temp files removed, workers stopped)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _temp_path(out: Path, suffix: str) -> Path:
@@ -388,7 +370,7 @@ def generate_file(config: GeneratorConfig, out: Path | str, *, workers: int = 1,
     tmp = _temp_path(out, ".tmp")
     scratch = _temp_path(out, ".scratch.tmp") if config.pt_matched else None
     try:
-        with _sigterm_as_exit(), \
+        with sigterm_as_exit(), \
                 tqdm(total=config.n_jets, unit="jet", desc=f"generate {out.name}", disable=not progress) as bar, \
                 _ShardRunner(workers) as runner, h5py.File(tmp, "w-") as f:
             if config.pt_matched:

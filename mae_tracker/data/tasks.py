@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mae_tracker.data import generate as _gen
+from mae_tracker.signals import sigterm_as_exit
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def write_balanced(out: Path | str, *, n_jets: int, seed: int, shard_jets: int, 
     half = n_jets // 2
     tmp = _gen._temp_path(out, ".tmp")
     try:
-        with _gen._sigterm_as_exit(), \
+        with sigterm_as_exit(), \
                 tqdm(total=n_jets, unit="jet", desc=f"generate {out.name}", disable=not progress) as bar, \
                 _gen._ShardRunner(workers, run) as runner, h5py.File(tmp, "w-") as f:
             perm = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))).permutation(n_jets)

@@ -23,6 +23,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import mlflow  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 
+from mae_tracker.signals import Terminated, sigterm_as_exit  # noqa: E402
+
 ConfigT = TypeVar("ConfigT")
 
 TRACKED_PACKAGES = ("mae-tracker", "torch", "timm", "numpy", "h5py", "mlflow", "optuna",
@@ -132,7 +134,7 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
     else:
         run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name or None)
     try:
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             if tags:
                 mlflow.set_tags(tags)
             yield run
@@ -150,31 +152,6 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
         raise
     else:
         mlflow.end_run(status="FINISHED")
-
-
-class Terminated(SystemExit):
-    """SIGTERM arrived while a run was active: the process exits 143 once the run is ended KILLED."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` while the block runs, where nobody else handles it
-    (under torchrun, distributed.py's handler does); Python's default would end the process on
-    the spot and leave the run RUNNING."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends it at once
-        raise Terminated(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _end_run(status: str, reason: str) -> None:
