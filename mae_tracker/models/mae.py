@@ -2,7 +2,7 @@
 
 The encoder (ViT or hybrid, see variants) sees only the visible patches; a light
 transformer decoder gets the encoded visible tokens plus a shared learned mask token at
-every masked position, and predicts the pixels of every patch. The loss is the per-patch
+every masked position, and predicts the pixels of the masked patches. The loss is the per-patch
 MSE averaged over the masked patches only: reconstructing what the encoder saw is trivial
 and would dilute the signal.
 
@@ -16,9 +16,9 @@ ones. Both default to 1, which is the plain MAE (same loss, same masks for the s
 from __future__ import annotations
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
+from mae_tracker.models.blocks import TransformerBlock
 from mae_tracker.models.masking import gather_tokens, mask_to_map, occupancy_weighted_noise
 from mae_tracker.models.pos_embed import sincos_pos_embed_2d
 from mae_tracker.models.variants import EncoderConfig, MAEConfig, build_encoder
@@ -97,7 +97,7 @@ class MaskedAutoencoder(nn.Module):
         self.register_buffer("decoder_pos_embed", sincos_pos_embed_2d(decoder_dim, self.grid_size),
                              persistent=False)
         self.decoder_blocks = nn.ModuleList(
-            Block(decoder_dim, decoder_heads, decoder_mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm)
+            TransformerBlock(decoder_dim, decoder_heads, decoder_mlp_ratio, qkv_bias=True)
             for _ in range(decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
@@ -123,17 +123,34 @@ class MaskedAutoencoder(nn.Module):
         return self.patchify(imgs).gt(0).any(dim=-1)
 
     def decode(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """Encoder output (B, 1+n, D) -> pixel predictions (B, L, p*p*C) in patch order."""
+        """Encoder output (B, 1+n, D) -> pixel predictions (B, L, p*p*C) in patch order.
+
+        With patches masked, only the masked ones are predicted (the loss sees nothing
+        else); the rows of visible patches are 0. Attention does not care about token order
+        (positions travel in the embeddings), so the decoder takes its tokens as
+        [masked..., cls, visible...] and its last block runs queries, projection and MLP for
+        the masked tokens alone. Every masked patch still attends to every token: the
+        prediction is the same as the full decoder's.
+        """
         x = self.decoder_embed(latent)
-        if not self.all_tokens:
-            b, n, d = x.shape
-            fill = self.mask_token.expand(b, self.num_patches + 1 - n, d)
-            patches = gather_tokens(torch.cat([x[:, 1:], fill], dim=1), ids_restore)  # unshuffle
-            x = torch.cat([x[:, :1], patches], dim=1)
-        x = x + self.decoder_pos_embed
-        for block in self.decoder_blocks:
+        b, n, d = x.shape
+        if self.all_tokens or n == self.num_patches + 1:  # nothing masked, or the baseline
+            x = x + self.decoder_pos_embed
+            for block in self.decoder_blocks:
+                x = block(x)
+            return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        n_visible = n - 1
+        ids_shuffle = torch.argsort(ids_restore, dim=1)  # visible first, as the encoder had them
+        pos = gather_tokens(self.decoder_pos_embed[:, 1:].expand(b, -1, -1), ids_shuffle)
+        masked = self.mask_token + pos[:, n_visible:]
+        cls = x[:, :1] + self.decoder_pos_embed[:, :1]
+        x = torch.cat([masked, cls, x[:, 1:] + pos[:, :n_visible]], dim=1)
+        for block in self.decoder_blocks[:-1]:
             x = block(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        x = self.decoder_blocks[-1](x, keep=masked.shape[1])
+        pred_masked = self.decoder_pred(self.decoder_norm(x))
+        ids_masked = ids_shuffle[:, n_visible:].unsqueeze(-1).expand_as(pred_masked)
+        return pred_masked.new_zeros(b, self.num_patches, pred_masked.shape[-1]).scatter(1, ids_masked, pred_masked)
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:
         """What the decoder should predict: pixels, or per-patch normalised pixels."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
 from torch import nn
 
+from mae_tracker.models.blocks import TransformerBlock
 from mae_tracker.models.masking import TokenMask, gather_tokens, random_token_mask
 from mae_tracker.models.pos_embed import sincos_pos_embed_2d
 from mae_tracker.models.variants import EncoderConfig
@@ -62,8 +62,7 @@ class ViTEncoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.all_tokens else None
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, drop_path=rate,
-                  norm_layer=nn.LayerNorm)
+            TransformerBlock(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, drop_path=rate)
             for rate in rates
         )
         self.norm = nn.LayerNorm(cfg.embed_dim)
