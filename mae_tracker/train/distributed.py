@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import gc
 import os
 import signal
 import sys
@@ -206,6 +207,10 @@ def shutdown() -> None:
     """Leave the process group (end of a command)."""
     global _context
     if dist.is_initialized():
+        # DDP wrappers sit in reference cycles and hold the group's C++ work objects; left to
+        # the interpreter's final teardown they are freed after Python is gone, which aborts the
+        # process ("terminate called without an active exception"). Free them now.
+        gc.collect()
         try:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - a peer may already be gone
