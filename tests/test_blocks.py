@@ -87,3 +87,18 @@ def test_decoder_predicts_masked_patches_exactly_as_the_full_decoder(variant, ra
     ref_grads = torch.autograd.grad(ref_loss, list(model.decoder_blocks.parameters()))
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-5)
+
+
+def test_models_pickled_with_timm_blocks_still_reconstruct():
+    """MAEs logged before blocks.py hold timm Blocks (same weights, no ``keep``): they still
+    decode, to the same predictions."""
+    torch.manual_seed(0)
+    model = build_mae(mae_config("vit-nano", img_size=(16, 16), in_chans=2, patch_size=4, depth=1,
+                                 decoder_depth=2))
+    x, noise = torch.rand(3, 2, 16, 16), torch.rand(3, 16)
+    expected = model.reconstruct(x, 0.75, noise=noise)[0]
+    for i, block in enumerate(model.decoder_blocks):
+        old = Block(64, 4, 4.0, qkv_bias=True, norm_layer=torch.nn.LayerNorm)
+        old.load_state_dict(block.state_dict())
+        model.decoder_blocks[i] = old
+    assert torch.allclose(model.reconstruct(x, 0.75, noise=noise)[0], expected, atol=1e-5)

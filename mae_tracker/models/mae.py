@@ -147,7 +147,11 @@ class MaskedAutoencoder(nn.Module):
         x = torch.cat([masked, cls, x[:, 1:] + pos[:, :n_visible]], dim=1)
         for block in self.decoder_blocks[:-1]:
             x = block(x)
-        x = self.decoder_blocks[-1](x, keep=masked.shape[1])
+        last = self.decoder_blocks[-1]
+        if isinstance(last, TransformerBlock):
+            x = last(x, keep=masked.shape[1])
+        else:  # a model pickled before blocks.py, with timm Blocks: run it whole
+            x = last(x)[:, :masked.shape[1]]
         pred_masked = self.decoder_pred(self.decoder_norm(x))
         ids_masked = ids_shuffle[:, n_visible:].unsqueeze(-1).expand_as(pred_masked)
         return pred_masked.new_zeros(b, self.num_patches, pred_masked.shape[-1]).scatter(1, ids_masked, pred_masked)
