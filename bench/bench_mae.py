@@ -45,7 +45,6 @@ class UsualMAE(nn.Module):
                  dec_dim: int, dec_depth: int, dec_heads: int) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(img, patch, chans, dim)
-        n = self.patch_embed.num_patches
         self.patch, self.chans = patch, chans
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(sincos_pos_embed_2d(dim, self.patch_embed.grid_size), requires_grad=False)

@@ -43,9 +43,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, keep: int | None = None) -> torch.Tensor:
         b, n, dim = x.shape
         h, hd = self.num_heads, self.head_dim
-        if keep is None or keep == n:
+        keep = n if keep is None else keep
+        if keep == n:
             q, k, v = self.qkv(x).reshape(b, n, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
-            keep = n
         else:
             w_q, w_kv = self.qkv.weight.split([dim, 2 * dim])
             b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([dim, 2 * dim])
