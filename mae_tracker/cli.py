@@ -242,6 +242,21 @@ def encode(encoder_uri: str, data: Path, out: Path, batch_size: int, progress: b
         click.echo(f"reconstruction fidelity not measured: {fidelity.get('reason', 'no MAE')}")
 
 
+@main.command(name="sparse-copy")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@clean_errors
+def sparse_copy(path: Path, progress: bool) -> None:
+    """Build (or finish building) the sparse copy of PATH that runs with --sparse-copy true read:
+    non-zero pixels only, memory-mapped, in the cache dir. Interrupt and rerun to resume."""
+    from mae_tracker.train.data import build_sparse_copy
+
+    copy = build_sparse_copy(path, progress=progress)
+    size = sum(f.stat().st_size for f in copy.directory.iterdir())
+    click.echo(f"{copy.directory}: {len(copy):,} jets, {copy.occupancy:.2%} of pixel values non-zero, "
+               f"{size / 2**20:.1f} MiB (the file: {path.stat().st_size / 2**20:.1f} MiB)")
+
+
 @main.command()
 @click.argument("source")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("report"),

@@ -54,6 +54,9 @@ class CommonConfig:
     loader_processes: bool = field(default=False, metadata={
         "help": "Loader workers as processes, each with its own HDF5 handle (h5py lets one thread decompress "
                 "at a time): for 125x125 images on a machine with cores to spare. Same batches either way."})
+    sparse_copy: bool = field(default=False, metadata={
+        "help": "Read images from a sparse copy of the file (non-zero pixels only, memory-mapped), built once "
+                "per file content in the cache dir: ~30x faster than lzf for 125x125 images. Same numbers."})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the training forward (worth it on GPUs; on CPU no gain, ~40 s first step)."})
     bf16: bool = field(default=True, metadata={

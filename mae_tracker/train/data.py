@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mae_tracker.data.jetfile import JetFileInfo, JetImageReader, file_digest, make_splits, open_jet_file
+from mae_tracker.data.sparse import SparseJetImages, sparse_copy
 from mae_tracker.paths import cache_dir
 from mae_tracker.train.config import CommonConfig
 
@@ -16,7 +17,7 @@ from mae_tracker.train.config import CommonConfig
 class RunData:
     path: Path
     info: JetFileInfo
-    reader: JetImageReader
+    reader: JetImageReader | SparseJetImages
     splits: dict[str, np.ndarray]
     digest: str
 
@@ -43,7 +44,22 @@ def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
     fractions = {"pretrain": config.pretrain_fraction, "train": config.train_fraction,
                  "val": config.val_fraction, "test": config.test_fraction}
     splits = make_splits(info.n_jets, fractions, seed=config.split_seed)
-    return RunData(path=path, info=info, reader=JetImageReader(info), splits=splits, digest=digest)
+    reader: JetImageReader | SparseJetImages = JetImageReader(info)
+    if getattr(config, "sparse_copy", False):
+        reader = sparse_copy(reader, sparse_copy_dir(digest), progress=progress)
+    return RunData(path=path, info=info, reader=reader, splits=splits, digest=digest)
+
+
+def sparse_copy_dir(digest: str) -> Path:
+    """Where the sparse copy of a file lives: named by its content, so a changed file gets a new one."""
+    return cache_dir() / "sparse" / digest
+
+
+def build_sparse_copy(path: Path, progress: bool = True) -> SparseJetImages:
+    """The sparse copy that ``sparse_copy=True`` runs of ``path`` read, built (or finished) now:
+    under torchrun, build it ahead so the other ranks do not wait on rank 0 for it."""
+    info = open_jet_file(path, check_values=False)
+    return sparse_copy(JetImageReader(info), sparse_copy_dir(file_digest(path)), progress=progress)
 
 
 def _check_values_once(path: Path, digest: str, progress: bool) -> None:
