@@ -9,10 +9,13 @@ non-zero, chunks of one jet + lzf, as the generator writes them) and times, per 
 * h5py fancy indexing of the sorted batch (the obvious way, not used: shows why rows are
   read one run at a time),
 * a file chunked 64 jets at a time (other tools' files): why cache_in_memory exists,
+* the sparse copy (data/sparse.py, ``--sparse-copy true``): non-zero pixels only, memory-mapped,
+  with its build time and size on disk,
 * the background prefetch workers the training loop uses (data/loader.py, 1 and 2 threads, and
-  2 processes (``--loader-processes``), with preprocessing) against the trainer's consumption, measured in the same run with the
-  real training step (MAE, fused AdamW) at the default encoder for that image size: the
-  ratio must be >= 5x everywhere.
+  2 processes (``--loader-processes``), with preprocessing; from the file and from the sparse
+  copy) against the trainer's consumption, measured in the same run with the real training step
+  (MAE, fused AdamW) at the default encoder for that image size: the ratio must be >= 5x
+  everywhere.
 
     python bench/bench_loader.py            # ~1-2 minutes on 2 cores
 """
@@ -31,6 +34,7 @@ import torch
 from mae_tracker.data.jetfile import JetImageReader, cache_in_memory, iterate_batches, make_splits
 from mae_tracker.data.loader import Prefetcher, process_prefetcher
 from mae_tracker.data.preprocess import Preprocessor
+from mae_tracker.data.sparse import sparse_copy
 
 # The trainer whose consumption the loader must beat, per image size: (variant, patch).
 TRAINERS = {32: [("vit-nano", 4)], 125: [("vit-nano", 5), ("vit-nano", 25)]}
@@ -138,6 +142,10 @@ def main() -> None:
             t0 = time.perf_counter()
             cached = cache_in_memory(reader, train, max_bytes=4 * 2**30)
             fill = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            sparse = sparse_copy(reader, Path(tmp) / f"sparse{side}")
+            build = time.perf_counter() - t0
+            sparse_bytes = sum(f.stat().st_size for f in sparse.directory.iterdir())
             x = torch.from_numpy(reader.read(train[:args.batch])[0])
             results = {
                 "disk, shuffled": rate(batches(reader), args.seconds),
@@ -150,18 +158,29 @@ def main() -> None:
                 "prefetch 2 threads, + preprocess": rate(Prefetcher(batches(reader, pre, 3), workers=2), args.seconds),
                 "prefetch 2 processes, + preprocess": rate(process_prefetcher(batches(reader, pre, 4), workers=2),
                                                            args.seconds),
+                "sparse copy, shuffled": rate(batches(sparse), args.seconds),
+                "sparse copy, shuffled + preprocess": rate(batches(sparse, pre, 5), args.seconds),
+                "sparse: prefetch 1 thread, + prep.": rate(Prefetcher(batches(sparse, pre, 6), workers=1),
+                                                           args.seconds),
+                "sparse: prefetch 2 threads, + prep.": rate(Prefetcher(batches(sparse, pre, 7), workers=2),
+                                                            args.seconds),
             }
             base = results["disk, shuffled"]
             for name, value in results.items():
                 print(f"  {name:34s} {value:>10,.0f} img/s   x{value / base:5.2f} vs disk")
-            print(f"  (filling the in-memory cache of {len(train):,} jets took {fill:.2f} s)")
-            loader = max(value for name, value in results.items() if name.startswith("prefetch"))
+            print(f"  (filling the in-memory cache of {len(train):,} jets took {fill:.2f} s; building the sparse "
+                  f"copy of all {n:,} took {build:.2f} s, {n / build:,.0f} jets/s: {sparse_bytes / n / 1024:.1f} "
+                  f"KiB/jet, {sparse.occupancy:.2%} of values non-zero)")
+            loaders = {"file": max(v for name, v in results.items() if name.startswith("prefetch")),
+                       "sparse copy": max(v for name, v in results.items() if name.startswith("sparse: prefetch"))}
             for variant, patch in TRAINERS[side]:
                 need = trainer_rate(side, variant, patch, args.batch, args.seconds, args.train_threads)
-                verdict = "ok" if loader >= 5 * need else "BELOW the 5x target"
                 print(f"  trainer {variant} patch {patch} ({(side // patch) ** 2} tokens), batch {args.batch}, "
-                      f"{args.train_threads} threads: consumes {need:,.0f} img/s -> loader (background, "
-                      f"preprocessed) / trainer = {loader / need:.1f}x  [{verdict}]", flush=True)
+                      f"{args.train_threads} threads: consumes {need:,.0f} img/s", flush=True)
+                for source, loader in loaders.items():
+                    verdict = "ok" if loader >= 5 * need else "BELOW the 5x target"
+                    print(f"    loader (background, preprocessed) from the {source:11s} / trainer = "
+                          f"{loader / need:5.1f}x  [{verdict}]", flush=True)
 
         path = write_synthetic(Path(tmp) / "chunk64.h5", args.n_small, 32, chunk_rows=64)
         reader = JetImageReader(path)
