@@ -272,6 +272,26 @@ def test_all_tokens_baseline_is_the_same_network():
     assert latent.shape == (2, 17, 64) and mask.sum() == 24
 
 
+def test_only_visible_patches_are_embedded_with_the_same_tokens_and_gradients():
+    """The ViT embeds just the visible patches (a linear map of each patch's pixels): the tokens
+    and the patch embedding's gradients equal those of the conv over every patch, then gathered."""
+    from mae_tracker.models.masking import gather_tokens
+
+    encoder = tiny_mae(chans=3).encoder
+    x = torch.rand(4, 3, 16, 16)
+    tm = random_token_mask(4, encoder.num_patches, 0.75, noise=torch.rand(4, encoder.num_patches))
+    ours = encoder.embed_visible(x, tm)
+    ours.pow(2).sum().backward()
+    grads = [p.grad.clone() for p in encoder.patch_embed.parameters()]
+    encoder.zero_grad()
+    reference = gather_tokens(encoder.patch_embed(x) + encoder.pos_embed[:, 1:], tm.ids_keep)
+    reference.pow(2).sum().backward()
+    assert ours.shape == (4, 4, 64)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    for grad, param in zip(grads, encoder.patch_embed.parameters()):
+        torch.testing.assert_close(grad, param.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_short_pretraining_reduces_loss():
     model = tiny_mae("hybrid-nano")
     x = torch.rand(8, 2, 16, 16)

@@ -8,6 +8,7 @@ becomes a (B, L, D) token sequence (``embed_patches``).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from torch import nn
 
@@ -81,6 +82,23 @@ class ViTEncoder(nn.Module):
         """
         return self.patch_embed(x)
 
+    def embed_visible(self, x: torch.Tensor, tm: TokenMask) -> torch.Tensor:
+        """Tokens of the visible patches with their positions, (B, n_visible, D), in
+        ``tm.ids_keep`` order.
+
+        The patch embedding is a linear map of each patch's own pixels, so only the visible
+        patches are embedded: the same tokens as embedding all L and keeping the visible ones,
+        for (1 - mask_ratio) of the work. The hybrid encoder, whose convolutions see
+        neighbouring pixels, embeds the whole image instead.
+        """
+        b, c, h, w = x.shape
+        p = self.patch_size
+        # (B, L, C*p*p): each patch flattened as (C, p, p), the order of the conv's weights
+        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, self.num_patches, -1)
+        proj = self.patch_embed.proj
+        tokens = F.linear(gather_tokens(patches, tm.ids_keep), proj.weight.flatten(1), proj.bias)
+        return tokens + gather_tokens(self.pos_embed[:, 1:].expand(b, -1, -1), tm.ids_keep)
+
     def _init_weights(self) -> None:
         init_patchify_conv(self.patch_embed.proj)
         nn.init.normal_(self.cls_token, std=0.02)
@@ -101,8 +119,10 @@ class ViTEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.check_input(x)
         tm = random_token_mask(x.shape[0], self.num_patches, mask_ratio, noise=noise, device=x.device)
-        tokens = self.embed_patches(x, tm.mask) + self.pos_embed[:, 1:]
-        tokens = self._select_tokens(tokens, tm)
+        if self.mask_token is None and tm.len_keep < self.num_patches:
+            tokens = self.embed_visible(x, tm)
+        else:  # nothing masked, or the all-tokens baseline: every patch is embedded
+            tokens = self._select_tokens(self.embed_patches(x, tm.mask) + self.pos_embed[:, 1:], tm)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         h = torch.cat([cls, tokens], dim=1)
         for block in self.blocks:
