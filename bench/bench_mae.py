@@ -3,10 +3,11 @@
 1. Ours vs the usual way (``--baseline``, default on): the MAE paper's recipe as most code has
    it (visible-token encoder from timm Blocks, argsort masking, plain ``torch.optim.AdamW``,
    fp32, ``loss.item()`` every step) against our training step (mae_tracker's model, whose
-   blocks use explicit attention on short CPU sequences and whose decoder runs its last block
-   for the masked tokens only; loop.make_optimizer / loop.mask_noise; loss accumulated without
-   a read-back), same dimensions, same batch, alternating rounds; then a torch.profiler table
-   of where each step's time goes.
+   encoder embeds only the visible patches, whose blocks use explicit attention on short CPU
+   sequences and whose decoder runs its last block for the masked tokens only;
+   loop.make_optimizer / loop.mask_noise; loss accumulated without a read-back), same
+   dimensions, same batch, alternating rounds; then a torch.profiler table of where each
+   step's time goes.
 2. Visible-only vs all-tokens encoder (below).
 3. On CUDA: achieved TFLOP/s and model FLOP utilisation (MFU) of bf16 MAE training at
    125x125x3 patch 5 for vit-small and vit-base (``--mfu``), with the GPU's name.
