@@ -123,6 +123,9 @@ def test_a_bad_pixel_fails_the_build_and_leaves_no_copy(tmp_path):
     with pytest.raises(DataError, match="non-finite pixel values .* jet 13"):
         sparse_copy(JetImageReader(path), tmp_path / "copy")
     assert not (tmp_path / "copy").exists()
+    # a run asking for the copy fails the same way, before any run exists
+    with pytest.raises(DataError, match="non-finite pixel values .* jet 13"):
+        prepare_data(PretrainConfig(data=str(path), sparse_copy=True), progress=False)
 
 
 def test_preprocessed_batches_from_the_copy_equal_the_files_on_every_loader(jets_file):

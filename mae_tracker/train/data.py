@@ -40,13 +40,15 @@ def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
         path = default_dataset(progress=progress)
     info = open_jet_file(path, check_values=False)  # structure and labels: cheap
     digest = file_digest(path)
-    _check_values_once(path, digest, progress)
+    reader: JetImageReader | SparseJetImages = JetImageReader(info)
+    if getattr(config, "sparse_copy", False):
+        # Building the copy reads every pixel (DataError on NaN/inf): it is the values scan too.
+        reader = sparse_copy(reader, sparse_copy_dir(digest), progress=progress)
+    else:
+        _check_values_once(path, digest, progress)
     fractions = {"pretrain": config.pretrain_fraction, "train": config.train_fraction,
                  "val": config.val_fraction, "test": config.test_fraction}
     splits = make_splits(info.n_jets, fractions, seed=config.split_seed)
-    reader: JetImageReader | SparseJetImages = JetImageReader(info)
-    if getattr(config, "sparse_copy", False):
-        reader = sparse_copy(reader, sparse_copy_dir(digest), progress=progress)
     return RunData(path=path, info=info, reader=reader, splits=splits, digest=digest)
 
 
