@@ -56,7 +56,7 @@ class CommonConfig:
                 "at a time): for 125x125 images on a machine with cores to spare. Same batches either way."})
     sparse_copy: bool = field(default=False, metadata={
         "help": "Read images from a sparse copy of the file (non-zero pixels only, memory-mapped), built once "
-                "per file content in the cache dir: ~30x faster than lzf for 125x125 images. Same numbers."})
+                "per file content in the cache dir: ~19x faster than lzf for 125x125 images. Same numbers."})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the training forward (worth it on GPUs; on CPU no gain, ~40 s first step)."})
     bf16: bool = field(default=True, metadata={
