@@ -48,6 +48,26 @@ def test_keep_returns_the_first_tokens_of_the_full_output():
     assert torch.allclose(ours(x.flip(1), keep=4), full.flip(1)[:, :4], atol=1e-5)
 
 
+@pytest.mark.parametrize("keep", [None, 3, 6])  # all queries; within the shared rows; past them
+def test_shared_rows_give_the_block_on_the_gathered_tokens(keep):
+    """x[:, :m] = table[ids]: norm1 + qkv once per table row gives the same output and the
+    same gradients (table, rest, parameters) as running the block on the tokens."""
+    ours, _ = twin_blocks()
+    table = torch.randn(7, 48, requires_grad=True)
+    ids = torch.tensor([[0, 3, 3, 6], [5, 1, 2, 0]])
+    rest = torch.randn(2, 5, 48, requires_grad=True)
+    x = torch.cat([table[ids], rest], dim=1)
+    reference = ours(x, keep=keep)
+    shared = ours(x, keep=keep, shared_rows=(table, ids))
+    assert shared.shape == reference.shape == (2, keep or 9, 48)
+    assert torch.allclose(shared, reference, atol=1e-5)
+    g = torch.randn_like(reference)
+    params = [table, rest, *ours.parameters()]
+    expected = torch.autograd.grad(reference, params, g, retain_graph=True)
+    for a, b in zip(expected, torch.autograd.grad(shared, params, g)):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
 def test_heads_must_divide_the_width():
     with pytest.raises(ValueError, match="divisible"):
         TransformerBlock(50, 4)
@@ -66,10 +86,11 @@ def full_decoder_predictions(model, latent, ids_restore):
     return model.decoder_pred(model.decoder_norm(x))[:, 1:]
 
 
-@pytest.mark.parametrize("variant,ratio", [("vit-nano", 0.75), ("vit-nano", 0.4), ("hybrid-nano", 0.6)])
-def test_decoder_predicts_masked_patches_exactly_as_the_full_decoder(variant, ratio):
+@pytest.mark.parametrize("variant,ratio,decoder_depth",
+                         [("vit-nano", 0.75, 3), ("vit-nano", 0.4, 2), ("hybrid-nano", 0.6, 3), ("vit-nano", 0.75, 1)])
+def test_decoder_predicts_masked_patches_exactly_as_the_full_decoder(variant, ratio, decoder_depth):
     torch.manual_seed(0)
-    cfg = mae_config(variant, img_size=(16, 16), in_chans=2, patch_size=4, depth=2, decoder_depth=3)
+    cfg = mae_config(variant, img_size=(16, 16), in_chans=2, patch_size=4, depth=2, decoder_depth=decoder_depth)
     model = build_mae(cfg)
     x = torch.rand(4, 2, 16, 16)
     latent, mask, ids_restore = model.encoder(x, ratio, torch.rand(4, 16))
@@ -83,8 +104,9 @@ def test_decoder_predicts_masked_patches_exactly_as_the_full_decoder(variant, ra
     loss = model.forward_loss(x, pred, mask)
     ref_loss = model.forward_loss(x, reference, mask)
     assert torch.allclose(loss, ref_loss, atol=1e-6)
-    grads = torch.autograd.grad(loss, list(model.decoder_blocks.parameters()))
-    ref_grads = torch.autograd.grad(ref_loss, list(model.decoder_blocks.parameters()))
+    params = [model.mask_token, *model.decoder_embed.parameters(), *model.decoder_blocks.parameters()]
+    grads = torch.autograd.grad(loss, params, retain_graph=True)
+    ref_grads = torch.autograd.grad(ref_loss, params)
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-5)
 

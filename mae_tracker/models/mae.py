@@ -16,6 +16,7 @@ ones. Both default to 1, which is the plain MAE (same loss, same masks for the s
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mae_tracker.models.blocks import TransformerBlock
@@ -130,7 +131,9 @@ class MaskedAutoencoder(nn.Module):
         (positions travel in the embeddings), so the decoder takes its tokens as
         [masked..., cls, visible...] and its last block runs queries, projection and MLP for
         the masked tokens alone. Every masked patch still attends to every token: the
-        prediction is the same as the full decoder's.
+        prediction is the same as the full decoder's. The first block computes norm1 and qkv
+        of the masked tokens once per patch position (they are the mask token plus the
+        position's embedding in every sample) and picks them per sample.
         """
         x = self.decoder_embed(latent)
         b, n, d = x.shape
@@ -141,20 +144,23 @@ class MaskedAutoencoder(nn.Module):
             return self.decoder_pred(self.decoder_norm(x))[:, 1:]
         n_visible = n - 1
         ids_shuffle = torch.argsort(ids_restore, dim=1)  # visible first, as the encoder had them
-        pos = gather_tokens(self.decoder_pos_embed[:, 1:].expand(b, -1, -1), ids_shuffle)
-        masked = self.mask_token + pos[:, n_visible:]
+        ids_masked = ids_shuffle[:, n_visible:]
+        n_masked = ids_masked.shape[1]
+        pos = gather_tokens(self.decoder_pos_embed[:, 1:].expand(b, -1, -1), ids_shuffle[:, :n_visible])
+        # What a masked token is at each patch position; F.embedding picks rows per sample.
+        mask_rows = (self.mask_token + self.decoder_pos_embed[:, 1:])[0]  # (L, d)
         cls = x[:, :1] + self.decoder_pos_embed[:, :1]
-        x = torch.cat([masked, cls, x[:, 1:] + pos[:, :n_visible]], dim=1)
-        for block in self.decoder_blocks[:-1]:
-            x = block(x)
-        last = self.decoder_blocks[-1]
-        if isinstance(last, TransformerBlock):
-            x = last(x, keep=masked.shape[1])
-        else:  # a model pickled before blocks.py, with timm Blocks: run it whole
-            x = last(x)[:, :masked.shape[1]]
+        x = torch.cat([F.embedding(ids_masked, mask_rows), cls, x[:, 1:] + pos], dim=1)
+        last = len(self.decoder_blocks) - 1
+        for i, block in enumerate(self.decoder_blocks):
+            keep = n_masked if i == last else None
+            if not isinstance(block, TransformerBlock):  # a model pickled before blocks.py (timm Blocks)
+                x = block(x)[:, :keep]
+            else:  # the first block's masked rows are all rows of mask_rows: shared per position
+                x = block(x, keep=keep, shared_rows=(mask_rows, ids_masked) if i == 0 else None)
         pred_masked = self.decoder_pred(self.decoder_norm(x))
-        ids_masked = ids_shuffle[:, n_visible:].unsqueeze(-1).expand_as(pred_masked)
-        return pred_masked.new_zeros(b, self.num_patches, pred_masked.shape[-1]).scatter(1, ids_masked, pred_masked)
+        index = ids_masked.unsqueeze(-1).expand_as(pred_masked)
+        return pred_masked.new_zeros(b, self.num_patches, pred_masked.shape[-1]).scatter(1, index, pred_masked)
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:
         """What the decoder should predict: pixels, or per-patch normalised pixels."""
