@@ -4,7 +4,8 @@
    it (visible-token encoder from timm Blocks, argsort masking, plain ``torch.optim.AdamW``,
    fp32, ``loss.item()`` every step) against our training step (mae_tracker's model, whose
    encoder embeds only the visible patches, whose blocks use explicit attention on short CPU
-   sequences and whose decoder runs its last block for the masked tokens only;
+   sequences and whose decoder computes its first block's norm1 + qkv of the masked tokens
+   once per patch position and runs its last block for the masked tokens only;
    loop.make_optimizer / loop.mask_noise; loss accumulated without a read-back), same
    dimensions, same batch, alternating rounds; then a torch.profiler table of where each
    step's time goes.
