@@ -23,14 +23,18 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
-def browser_page():
+def browser_page(tmp_path_factory):
     require(Path(CHROMIUM).exists(), f"Chromium is not installed at {CHROMIUM} (Debian package chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         require(False, "Playwright is not installed: pip install 'mae-tracker[browser]'")
+    # Chromium writes its crash-report settings and dconf cache under $HOME: a temp home instead.
+    home = tmp_path_factory.mktemp("browser-home")
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_CACHE_HOME": str(home / ".cache")}
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, env=env,
                                      args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
