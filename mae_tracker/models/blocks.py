@@ -19,7 +19,8 @@ MAE's last decoder block uses it, since the loss only looks at the masked patche
 ``forward(x, shared_rows=(table, ids))`` says that the first tokens of ``x`` are rows of a
 small table (MAE's first decoder block: a masked token is the mask token plus its position's
 embedding, the same in every sample): their norm1 and qkv projection run once per table row.
-At vit-micro's decoder that removes 73 % of the first block's qkv rows (128 x 65 -> 128 x 17 + 64), forward and backward.
+At vit-micro's decoder (batch 128) that cuts the first block's qkv rows from 128 x 65 to
+128 x 17 + 64 (-73 %), forward and backward.
 """
 
 from __future__ import annotations
