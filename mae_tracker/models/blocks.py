@@ -71,8 +71,7 @@ class Attention(nn.Module):
             q_pre, k_pre, v_pre = (self.heads(t) for t in prefix_qkv.split(dim, dim=-1))
             q = torch.cat([q_pre, q], dim=2)[:, :, :keep]
             k, v = torch.cat([k_pre, k], dim=2), torch.cat([v_pre, v], dim=2)
-        n = k.shape[2]
-        if x.device.type == "cpu" and n <= EXPLICIT_ATTENTION_MAX_TOKENS:
+        if x.device.type == "cpu" and m + n <= EXPLICIT_ATTENTION_MAX_TOKENS:
             # Contiguous operands: batched matmul on strided views copies inside every call.
             q, k, v = (t.contiguous() for t in (q * self.scale, k, v))
             out = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v

@@ -24,7 +24,7 @@ import torch
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from mae_tracker.models.masking import TokenMask, gather_tokens, mask_to_map
+from mae_tracker.models.masking import mask_to_map
 from mae_tracker.models.variants import EncoderConfig
 from mae_tracker.models.vit import ViTEncoder, init_mae_weights, init_patchify_conv
 
@@ -65,6 +65,8 @@ class ConvStage(nn.Module):
 class HybridEncoder(ViTEncoder):
     """Conv stages -> tokens -> transformer on visible tokens. Same interface as ViTEncoder."""
 
+    patch_tokens_are_local = False  # the convolutions see neighbouring pixels: embed the whole image
+
     def _build_patch_embed(self, cfg: EncoderConfig) -> None:
         dims = (cfg.in_chans,) + cfg.conv_dims
         self.stages = nn.ModuleList(
@@ -86,10 +88,6 @@ class HybridEncoder(ViTEncoder):
         for module in self.modules():
             if not isinstance(module, nn.Conv2d):  # convs other than `down` keep torch's default
                 init_mae_weights(module)
-
-    def embed_visible(self, x: torch.Tensor, tm: TokenMask) -> torch.Tensor:
-        """The convolutions see neighbouring pixels: embed the whole (masked) image, keep the visible."""
-        return gather_tokens(self.embed_patches(x, tm.mask) + self.pos_embed[:, 1:], tm.ids_keep)
 
     def embed_patches(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         visible = 1.0 - mask  # (B, L), 1 = visible

@@ -49,6 +49,10 @@ class ViTEncoder(nn.Module):
       mask (B, L): 0 visible, 1 masked, patch order. ids_restore (B, L).
     """
 
+    # A patch's token depends on its own pixels only, so masked patches need not be embedded
+    # (``embed_visible``). The hybrid's convolutions see neighbouring pixels: False there.
+    patch_tokens_are_local = True
+
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -88,8 +92,7 @@ class ViTEncoder(nn.Module):
 
         The patch embedding is a linear map of each patch's own pixels, so only the visible
         patches are embedded: the same tokens as embedding all L and keeping the visible ones,
-        for (1 - mask_ratio) of the work. The hybrid encoder, whose convolutions see
-        neighbouring pixels, embeds the whole image instead.
+        for (1 - mask_ratio) of the work.
         """
         b, c, h, w = x.shape
         p = self.patch_size
@@ -119,9 +122,9 @@ class ViTEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.check_input(x)
         tm = random_token_mask(x.shape[0], self.num_patches, mask_ratio, noise=noise, device=x.device)
-        if self.mask_token is None and tm.len_keep < self.num_patches:
+        if self.patch_tokens_are_local and self.mask_token is None and tm.len_keep < self.num_patches:
             tokens = self.embed_visible(x, tm)
-        else:  # nothing masked, or the all-tokens baseline: every patch is embedded
+        else:  # nothing masked, the all-tokens baseline or the hybrid: every patch is embedded
             tokens = self._select_tokens(self.embed_patches(x, tm.mask) + self.pos_embed[:, 1:], tm)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         h = torch.cat([cls, tokens], dim=1)
