@@ -6,11 +6,14 @@ needs trials to *finish*, a threshold pruner prunes them after epoch 0, the chea
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from optuna.trial import TrialState
 from mae_tracker.sweep.__main__ import main
 from mae_tracker.sweep.runner import run_sweep
 from mae_tracker.sweep.spec import SweepSpecError, load_spec
-from mae_tracker.sweep.storage import default_storage_url, mask_password
+from mae_tracker.sweep.storage import default_storage_url, make_storage, mask_password
 
 EXPERIMENT = "sweep-tests"
 ALWAYS_PRUNE = {"type": "threshold", "lower": 1.1}  # an AUC never reaches 1.1: prune after epoch 0
@@ -164,27 +167,37 @@ def test_two_worker_processes_share_one_study(tmp_path, jets_file):
     assert len(child_runs(parent.info.run_id)) == 4
 
 
+def running_trial_with_a_run(db_path: Path) -> int | None:
+    """The number of a RUNNING trial whose MLflow run exists, read through a read-only
+    connection: `optuna.load_study` would create the schema itself if it came while the
+    sweep was creating it, and the two creators could break the sweep."""
+    if not db_path.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)) as db:
+            row = db.execute("SELECT t.number FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id"
+                             " WHERE t.state = 'RUNNING' AND a.key = 'mlflow_run_id'").fetchone()
+    except sqlite3.OperationalError:  # no tables yet, or locked for a moment
+        return None
+    return None if row is None else row[0]
+
+
 @pytest.mark.slow
 def test_a_killed_worker_fails_its_trial_and_the_rerun_completes(tmp_path, jets_file):
     spec_path = write_spec(tmp_path, jets_file, "killed", pruner=ALWAYS_PRUNE, n_trials=2)
     args = [str(spec_path), "--storage", storage_url(tmp_path)]
-    proc = cli(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(tmp_path / "first.log", "w") as log:
+        proc = cli(args, tmp_path, stdout=log, stderr=subprocess.STDOUT)
     victim = None
     deadline = time.time() + 300
     while victim is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        if not (tmp_path / "optuna.db").exists():
-            continue  # never race the sweep's own schema creation
-        try:
-            study = optuna.load_study(study_name="killed", storage=storage_url(tmp_path))
-        except Exception:  # the study or its tables are still being created
-            continue
-        running = study.get_trials(states=(TrialState.RUNNING,))
-        if running and "mlflow_run_id" in running[0].user_attrs:  # its MLflow trial run exists
-            os.kill(proc.pid, signal.SIGKILL)
-            victim = running[0].number
+        time.sleep(0.1)
+        victim = running_trial_with_a_run(tmp_path / "optuna.db")
+    if victim is not None:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    assert victim is not None, "no trial was seen running"
+    output = (tmp_path / "first.log").read_text()[-3000:]
+    assert victim is not None, f"no trial was seen running (exit {proc.returncode}):\n{output}"
     study = optuna.load_study(study_name="killed", storage=storage_url(tmp_path))
     assert study.trials[victim].state == TrialState.RUNNING  # nobody is left to say otherwise
 
@@ -283,3 +296,33 @@ def test_storage_urls():
     assert default_storage_url("sqlite:////data/runs/mlflow.db") == "sqlite:////data/runs/optuna.db"
     cache = os.environ["MAE_TRACKER_CACHE"]
     assert default_storage_url("http://127.0.0.1:5000") == f"sqlite:///{Path(cache).resolve()}/optuna.db"
+
+
+def _open_new_storages(urls: list[str], barrier: Any, results: Any) -> None:
+    """One of several processes that open the same new study databases at the same moment."""
+    for url in urls:
+        barrier.wait()
+        try:
+            make_storage(url, heartbeat_interval=1, grace_period=3, max_retry=0)
+            results.put("ok")
+        except Exception as err:  # noqa: BLE001 - reported to the test
+            results.put(f"{type(err).__name__}: {str(err)[:200]}")
+
+
+def test_processes_opening_a_new_storage_together_all_get_it(tmp_path):
+    # Optuna creates the schema unlocked: without make_storage's retry, about half of these
+    # rounds fail one process on "table studies already exists" or the alembic_version row.
+    urls = [storage_url(tmp_path / f"round{i}") for i in range(8)]
+    for i in range(8):
+        (tmp_path / f"round{i}").mkdir()
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(3), context.Queue()
+    workers = [context.Process(target=_open_new_storages, args=(urls, barrier, results)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in range(3 * len(urls))]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert outcomes == ["ok"] * len(outcomes)
+    for url in urls:
+        assert optuna.study.get_all_study_summaries(url) == []  # a complete, usable schema
