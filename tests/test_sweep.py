@@ -6,7 +6,6 @@ needs trials to *finish*, a threshold pruner prunes them after epoch 0, the chea
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import sqlite3
@@ -27,7 +26,7 @@ from optuna.trial import TrialState
 from mae_tracker.sweep.__main__ import main
 from mae_tracker.sweep.runner import run_sweep
 from mae_tracker.sweep.spec import SweepSpecError, load_spec
-from mae_tracker.sweep.storage import default_storage_url, make_storage, mask_password
+from mae_tracker.sweep.storage import default_storage_url, mask_password
 
 EXPERIMENT = "sweep-tests"
 ALWAYS_PRUNE = {"type": "threshold", "lower": 1.1}  # an AUC never reaches 1.1: prune after epoch 0
@@ -297,32 +296,3 @@ def test_storage_urls():
     cache = os.environ["MAE_TRACKER_CACHE"]
     assert default_storage_url("http://127.0.0.1:5000") == f"sqlite:///{Path(cache).resolve()}/optuna.db"
 
-
-def _open_new_storages(urls: list[str], barrier: Any, results: Any) -> None:
-    """One of several processes that open the same new study databases at the same moment."""
-    for url in urls:
-        barrier.wait()
-        try:
-            make_storage(url, heartbeat_interval=1, grace_period=3, max_retry=0)
-            results.put("ok")
-        except Exception as err:  # noqa: BLE001 - reported to the test
-            results.put(f"{type(err).__name__}: {str(err)[:200]}")
-
-
-def test_processes_opening_a_new_storage_together_all_get_it(tmp_path):
-    # Optuna creates the schema unlocked: without make_storage's retry, about half of these
-    # rounds fail one process on "table studies already exists" or the alembic_version row.
-    urls = [storage_url(tmp_path / f"round{i}") for i in range(8)]
-    for i in range(8):
-        (tmp_path / f"round{i}").mkdir()
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(3), context.Queue()
-    workers = [context.Process(target=_open_new_storages, args=(urls, barrier, results)) for _ in range(3)]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=120) for _ in range(3 * len(urls))]
-    for worker in workers:
-        worker.join(timeout=30)
-    assert outcomes == ["ok"] * len(outcomes)
-    for url in urls:
-        assert optuna.study.get_all_study_summaries(url) == []  # a complete, usable schema

@@ -1,14 +1,17 @@
 """A team's setup end to end: MLflow server on PostgreSQL with proxied artifacts, a sweep whose
 study lives in the same PostgreSQL, driven by processes started separately, then promotion,
 label efficiency and the report, all unchanged against the server; and a worker SIGKILLed
-mid-trial."""
+mid-trial; and several processes opening one new study database at the same moment."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
+from typing import Any
 
 import mlflow
 import optuna
@@ -18,6 +21,8 @@ from optuna.trial import TrialState
 pytest.register_assert_rewrite("fixtures_team")
 from fixtures_team import (DB_PASSWORD, TEAM_EXPERIMENT, client_env, popen, study_ready, wait_for,
                            write_team_spec)
+
+from mae_tracker.sweep.storage import make_storage
 
 pytest_plugins = ["fixtures_team"]
 
@@ -165,3 +170,39 @@ def test_a_sigkilled_worker_fails_its_trial_and_the_others_finish_the_study(
         dead_run.info.run_id).data.tags["mlflow.parentRunId"]
     names = [r.info.run_name for r in children(parent_id)]
     assert len(names) == len(set(names)) == len(study.trials)  # one run per trial, no duplicates
+
+
+def _open_new_storages(urls: list[str], barrier: Any, results: Any) -> None:
+    """One of several processes that open the same new study databases at the same moment."""
+    for url in urls:
+        barrier.wait()
+        try:
+            make_storage(url, heartbeat_interval=1, grace_period=3, max_retry=0)
+            results.put("ok")
+        except Exception as err:  # noqa: BLE001 - reported to the test
+            results.put(f"{type(err).__name__}: {str(err)[:200]}")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_opening_a_new_study_database_together_all_get_it(backend, tmp_path: Path, request):
+    # Optuna creates the schema without a lock. Without make_storage's retry, about half of
+    # these rounds failed a process on "table studies already exists" or on the version row.
+    rounds = 6
+    if backend == "sqlite":
+        urls = [f"sqlite:///{tmp_path / f'round{i}.db'}" for i in range(rounds)]
+    else:
+        postgres = request.getfixturevalue("postgres")
+        urls = [postgres.create_database(f"optuna_race_{i}") for i in range(rounds)]
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(3), context.Queue()
+    workers = [context.Process(target=_open_new_storages, args=(urls, barrier, results)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        outcomes = [results.get(timeout=120) for _ in range(3 * rounds)]
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+    assert outcomes == ["ok"] * len(outcomes)
+    for url in urls:
+        assert optuna.study.get_all_study_summaries(url) == []  # a complete, usable schema
