@@ -257,6 +257,24 @@ def sparse_copy(path: Path, progress: bool) -> None:
                f"{size / 2**20:.1f} MiB (the file: {path.stat().st_size / 2**20:.1f} MiB)")
 
 
+@main.command(name="prune-sparse-copies")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@clean_errors
+def prune_sparse_copies(dry_run: bool) -> None:
+    """Delete the sparse copies in the cache dir whose file is gone or has changed, with their
+    interrupted builds and lock files. Copies of files as they are now are kept."""
+    from mae_tracker.train.data import prune_sparse_copies as prune
+
+    copies = prune(dry_run=dry_run)
+    for copy in copies:
+        if copy.stale:
+            verb = "would delete" if dry_run else ("deleted" if copy.removed else "kept (being built)")
+            click.echo(f"{verb} {copy.digest[:12]} ({copy.bytes / 2**20:.1f} MiB): {copy.stale}")
+    gone = [c for c in copies if c.stale and (dry_run or c.removed)]
+    click.echo(f"{len(gone)} of {len(copies)} sparse copies {'to delete' if dry_run else 'deleted'}, "
+               f"{sum(c.bytes for c in gone) / 2**20:.1f} MiB")
+
+
 @main.command()
 @click.argument("source")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("report"),

@@ -3,8 +3,11 @@ that read it give the same numbers as runs that read the file."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
+import threading
+import time
 
 import mlflow
 import numpy as np
@@ -16,12 +19,13 @@ from jet_h5 import sparse_images, write_jets
 from mae_tracker.cli import main
 from mae_tracker.data import sparse
 from mae_tracker.data.errors import DataError
-from mae_tracker.data.jetfile import JetImageReader, iterate_batches
+from mae_tracker.data.jetfile import JetImageReader, file_digest, iterate_batches
 from mae_tracker.data.loader import prefetch
 from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.data.sparse import SparseJetImages, sparse_copy
 from mae_tracker.train.config import PretrainConfig
-from mae_tracker.train.data import prepare_data, sparse_copy_dir
+from mae_tracker.train.data import (build_sparse_copy, prepare_data, prune_sparse_copies, sparse_copies_root,
+                                    sparse_copy_dir)
 from mae_tracker.train.pretrain import pretrain
 
 
@@ -162,3 +166,78 @@ def test_sparse_copy_command_builds_once_and_reports_bad_files(jets_file, tmp_pa
     assert "1,000 jets" in result.output and "non-zero" in result.output and "MiB" in result.output
     missing = CliRunner().invoke(main, ["sparse-copy", str(tmp_path / "missing.h5"), "--no-progress"])
     assert missing.exit_code == 2 and "missing.h5" in missing.output
+
+
+def test_prune_deletes_copies_of_gone_or_changed_files_and_keeps_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAE_TRACKER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sparse, "BLOCK_BYTES", 8 * 3 * 16 * 16 * 4)  # blocks of 8 jets
+    files = {name: write_jets(tmp_path / f"{name}.h5", sparse_images(30, seed=i))[0]
+             for i, name in enumerate(("kept", "changed", "gone", "interrupted"))}
+    digests = {name: file_digest(path) for name, path in files.items()}
+    kept = build_sparse_copy(files["kept"], progress=False)
+    for name in ("changed", "gone"):
+        build_sparse_copy(files[name], progress=False)
+
+    class Interrupted(JetImageReader):
+        def read(self, indices):
+            if indices[0] > 0:
+                raise KeyboardInterrupt
+            return super().read(indices)
+
+    with pytest.raises(KeyboardInterrupt):
+        sparse_copy(Interrupted(files["interrupted"]), sparse_copy_dir(digests["interrupted"]))
+    write_jets(files["changed"], sparse_images(30, seed=9))
+    files["gone"].unlink()
+    files["interrupted"].unlink()
+    (sparse_copies_root() / ("0" * 64 + ".lock")).touch()  # left by a build that never started
+    (sparse_copies_root() / "notes.txt").write_text("not a copy")  # never touched
+    before = sorted(p.name for p in sparse_copies_root().iterdir())
+
+    result = CliRunner().invoke(main, ["prune-sparse-copies", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in sparse_copies_root().iterdir()) == before, "a dry run deletes nothing"
+    assert f"would delete {digests['gone'][:12]}" in result.output and f"{files['gone']} is gone" in result.output
+    assert f"{files['changed']} has changed" in result.output
+    assert "4 of 5 sparse copies to delete" in result.output
+
+    result = CliRunner().invoke(main, ["prune-sparse-copies"])
+    assert result.exit_code == 0, result.output
+    assert "4 of 5 sparse copies deleted" in result.output
+    left = sorted(p.name for p in sparse_copies_root().iterdir())
+    assert left == sorted([digests["kept"], digests["kept"] + ".lock", "notes.txt"]), left
+    assert np.array_equal(kept.read(np.arange(30))[0], JetImageReader(files["kept"]).read(np.arange(30))[0])
+    # a changed file gets a fresh copy of its new content
+    rebuilt = build_sparse_copy(files["changed"], progress=False)
+    assert np.array_equal(rebuilt.read([3])[0], sparse_images(30, seed=9)[[3]])
+
+
+def test_prune_leaves_a_copy_being_built_and_builders_lock_the_file_at_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAE_TRACKER_CACHE", str(tmp_path / "cache"))
+    path, _, _ = write_jets(tmp_path / "jets.h5", sparse_images(10))
+    copy = build_sparse_copy(path, progress=False)
+    lock_path = copy.directory.with_name(copy.directory.name + ".lock")
+    path.unlink()
+    with open(lock_path, "a") as builder:  # another process building (or opening) this copy
+        fcntl.flock(builder, fcntl.LOCK_EX)
+        (entry,) = prune_sparse_copies()
+        assert entry.stale and not entry.removed and copy.directory.exists()
+    (entry,) = prune_sparse_copies()
+    assert entry.removed and not copy.directory.exists() and not lock_path.exists()
+
+    # A builder that waited on a lock file that was then deleted takes the file at the path.
+    lock_path.touch()
+    waiter_saw = []
+    with open(lock_path, "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+
+        def wait_then_look() -> None:
+            with sparse._exclusive(lock_path):
+                waiter_saw.append(lock_path.exists())
+
+        waiter = threading.Thread(target=wait_then_look)
+        waiter.start()
+        time.sleep(0.3)  # the waiter blocks on the old lock file
+        lock_path.unlink()
+        fcntl.flock(holder, fcntl.LOCK_UN)
+    waiter.join(10)
+    assert waiter_saw == [True]

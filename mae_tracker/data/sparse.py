@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,7 +38,7 @@ import numpy as np
 from mae_tracker.data.errors import DataError
 from mae_tracker.data.jetfile import JetImageReader, _as_indices
 
-__all__ = ["SparseJetImages", "sparse_copy"]
+__all__ = ["SparseJetImages", "recorded_source", "remove_copy", "sparse_copy"]
 
 FORMAT = "mae-tracker-sparse/1"
 BLOCK_BYTES = 64 * 2**20  # decoded float32 images per read while building
@@ -142,22 +143,70 @@ def sparse_copy(reader: JetImageReader, directory: str | os.PathLike[str], *,
     """The sparse copy of ``reader``'s file in ``directory``; built first (or its interrupted
     build resumed) if it is not there yet."""
     directory = Path(directory)
-    if not (directory / "meta.json").is_file():
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(directory.with_name(directory.name + ".lock")):
-            if not (directory / "meta.json").is_file():  # another process may have built it meanwhile
-                _build(reader, directory, progress)
-    return SparseJetImages(directory, reader)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Opened under the lock too: remove_copy cannot delete it between the check and the maps.
+    with _exclusive(directory.with_name(directory.name + ".lock")):
+        if not (directory / "meta.json").is_file():  # or another process built it meanwhile
+            _build(reader, directory, progress)
+        return SparseJetImages(directory, reader)
 
 
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
+    while True:
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                # remove_copy deletes lock files while holding them: a process that waited on a
+                # deleted one must lock the file now at the path, or two builders could run.
+                if _same_file(handle, lock_path):
+                    yield
+                    return
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def recorded_source(directory: str | os.PathLike[str]) -> Path | None:
+    """The file a copy was made from, as its ``meta.json`` (or, for an interrupted build
+    ``<name>.partial``, its ``progress.json``) records it; None where nothing says."""
+    for name in ("meta.json", "progress.json"):
+        path = Path(directory) / name
+        if path.is_file():
+            try:
+                source = json.loads(path.read_text()).get("source")
+            except (OSError, ValueError):
+                return None
+            return Path(source) if source else None
+    return None
+
+
+def remove_copy(directory: str | os.PathLike[str]) -> bool:
+    """Delete a copy, its interrupted build and its lock file; False (nothing deleted) while
+    a builder holds the lock. Runs reading the copy keep their memory maps."""
+    directory = Path(directory)
+    lock_path = directory.with_name(directory.name + ".lock")
     with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            if not _same_file(handle, lock_path):  # another remover got here first
+                return False
+            for path in (directory, directory.with_name(directory.name + ".partial")):
+                if path.exists():
+                    shutil.rmtree(path)
+            lock_path.unlink()
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+    return True
 
 
 def _build(reader: JetImageReader, directory: Path, progress: bool) -> None:
@@ -199,7 +248,8 @@ def _build(reader: JetImageReader, directory: Path, progress: bool) -> None:
             for handle in files.values():
                 handle.flush()
             done, nonzero = stop, int(ends[-1]) if len(ends) else nonzero
-            _write_atomically(state_path, json.dumps({"jets": done, "nonzero": nonzero}))
+            _write_atomically(state_path, json.dumps({"jets": done, "nonzero": nonzero,
+                                                      "source": str(reader.info.path)}))
     finally:
         for handle in files.values():
             handle.close()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mae_tracker.data.jetfile import JetFileInfo, JetImageReader, file_digest, make_splits, open_jet_file
-from mae_tracker.data.sparse import SparseJetImages, sparse_copy
+from mae_tracker.data.sparse import SparseJetImages, recorded_source, remove_copy, sparse_copy
 from mae_tracker.paths import cache_dir
 from mae_tracker.train.config import CommonConfig
 
@@ -52,9 +53,54 @@ def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
     return RunData(path=path, info=info, reader=reader, splits=splits, digest=digest)
 
 
+def sparse_copies_root() -> Path:
+    return cache_dir() / "sparse"
+
+
 def sparse_copy_dir(digest: str) -> Path:
     """Where the sparse copy of a file lives: named by its content, so a changed file gets a new one."""
-    return cache_dir() / "sparse" / digest
+    return sparse_copies_root() / digest
+
+
+@dataclass
+class CachedCopy:
+    """A sparse copy in the cache (or an interrupted build, or a lone lock file) and its fate."""
+
+    digest: str
+    source: Path | None
+    bytes: int
+    stale: str  # why it can go; "" = it is the copy of its file as that file is now
+    removed: bool = False
+
+
+def prune_sparse_copies(dry_run: bool = False) -> list[CachedCopy]:
+    """Delete the sparse copies whose file is gone or has changed since (a copy is named by
+    the content it was made from), interrupted builds of such files and lock files left
+    alone. A copy being built is left; runs reading a deleted copy keep their maps, and a
+    run that needs it again rebuilds it. Returns every copy found, deleted or kept."""
+    root = sparse_copies_root()
+    entries = root.iterdir() if root.is_dir() else ()
+    names = sorted({p.name.split(".")[0] for p in entries if re.fullmatch(r"[0-9a-f]{64}", p.name.split(".")[0])})
+    found = []
+    for digest in names:
+        directory, partial = root / digest, root / f"{digest}.partial"
+        source = recorded_source(directory) or recorded_source(partial)
+        size = sum(f.stat().st_size for d in (directory, partial) if d.is_dir() for f in d.iterdir())
+        if not directory.exists() and not partial.exists():
+            stale = "a lock file of no copy"
+        elif source is None:
+            stale = ""  # an interrupted build from before builds recorded their file: resumable
+        elif not source.is_file():
+            stale = f"its file {source} is gone"
+        elif file_digest(source) != digest:
+            stale = f"its file {source} has changed"
+        else:
+            stale = ""
+        entry = CachedCopy(digest, source, size, stale)
+        if stale and not dry_run:
+            entry.removed = remove_copy(directory)
+        found.append(entry)
+    return found
 
 
 def build_sparse_copy(path: Path, progress: bool = True) -> SparseJetImages:
