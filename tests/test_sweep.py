@@ -295,4 +295,3 @@ def test_storage_urls():
     assert default_storage_url("sqlite:////data/runs/mlflow.db") == "sqlite:////data/runs/optuna.db"
     cache = os.environ["MAE_TRACKER_CACHE"]
     assert default_storage_url("http://127.0.0.1:5000") == f"sqlite:///{Path(cache).resolve()}/optuna.db"
-

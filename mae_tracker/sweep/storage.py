@@ -63,22 +63,26 @@ def make_storage(url: str, *, heartbeat_interval: int, grace_period: int, max_re
         path.parent.mkdir(parents=True, exist_ok=True)
         # Several workers write to one file; wait for the lock instead of failing at 5 s.
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+
+    def open_storage() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():  # heartbeat options are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period, heartbeat_stale_trial_callback=StaleTrialCallback(max_retry))
+
+    # Optuna creates the schema on first use without a lock: two processes opening a new
+    # database together (a leader and a worker, or two team members) both try, and the slower
+    # one fails on a table or version row the other just wrote. Its retry finds the schema
+    # there and only reads it.
+    for attempt in range(1, SCHEMA_RACE_ATTEMPTS):
         try:
-            with warnings.catch_warnings():  # heartbeat options are marked experimental
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                    grace_period=grace_period, heartbeat_stale_trial_callback=StaleTrialCallback(max_retry))
+            return open_storage()
         except sqlalchemy.exc.DBAPIError as err:
-            # Optuna creates the schema on first use without a lock: two processes opening a new
-            # database together (a leader and a worker, or two team members) both try, and the
-            # slower one fails on a table or version row the other just wrote. Its retry finds
-            # the schema there and only reads it.
-            if attempt + 1 == SCHEMA_RACE_ATTEMPTS or not any(m in str(err) for m in SCHEMA_RACE_MESSAGES):
+            if not any(message in str(err) for message in SCHEMA_RACE_MESSAGES):
                 raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+            time.sleep(0.2 * attempt)
+    return open_storage()
 
 
 class StaleTrialCallback:

@@ -79,8 +79,8 @@ def prune_sparse_copies(dry_run: bool = False) -> list[CachedCopy]:
     alone. A copy being built is left; runs reading a deleted copy keep their maps, and a
     run that needs it again rebuilds it. Returns every copy found, deleted or kept."""
     root = sparse_copies_root()
-    entries = root.iterdir() if root.is_dir() else ()
-    names = sorted({p.name.split(".")[0] for p in entries if re.fullmatch(r"[0-9a-f]{64}", p.name.split(".")[0])})
+    stems = {p.name.split(".")[0] for p in root.iterdir()} if root.is_dir() else set()
+    names = sorted(stem for stem in stems if re.fullmatch(r"[0-9a-f]{64}", stem))  # sha256 names only
     found = []
     for digest in names:
         directory, partial = root / digest, root / f"{digest}.partial"
