@@ -43,12 +43,6 @@ from mae_tracker.data.preprocess import Preprocessor
 FIDELITY_SEED = 1234
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    if isinstance(value, str):
-        return json.loads(value)
-    return dict(value)
-
-
 def _expected_shape(encoder_config: dict[str, Any]) -> tuple[int, int, int] | None:
     chans = encoder_config.get("in_chans", encoder_config.get("channels"))
     size = encoder_config.get("img_size", encoder_config.get("image_size"))
@@ -67,28 +61,24 @@ def _fidelity(pretrain_run_id: str | None, reader: JetImageReader, n: int, prepr
               channel_names: tuple[str, ...], batch_size: int) -> dict[str, Any]:
     if not pretrain_run_id:
         return {"recon_mse": None, "reason": "the encoder names no pretrain run"}
-    import mlflow.pytorch
+    from mae_tracker.train.saved_model import UnsafeModelError, load_model
 
     try:
-        mae = mlflow.pytorch.load_model(f"runs:/{pretrain_run_id}/mae", map_location="cpu")
-    except Exception as err:  # MLflow raises several types
-        return {"recon_mse": None, "reason": f"cannot load runs:/{pretrain_run_id}/mae: {str(err).splitlines()[0]}"}
-    mae.eval()
-    inner = getattr(mae, "mae", None)
-    mask_ratio = float(getattr(mae, "mask_ratio", 0.75))
+        wrapper, _ = load_model(f"runs:/{pretrain_run_id}/mae", kind="mae")
+    except UnsafeModelError:
+        raise  # a model that is not ours is refused, not skipped
+    except ValueError as err:  # e.g. the pretrain run is in another store
+        return {"recon_mse": None, "reason": str(err)}
+    inner, mask_ratio = wrapper.mae, wrapper.mask_ratio
     torch.manual_seed(FIDELITY_SEED)  # else the MAE draws its mask from torch's global generator
     # one fixed mask per jet, whatever the batch size
-    noise = (torch.rand(n, inner.encoder.num_patches, generator=torch.Generator().manual_seed(FIDELITY_SEED))
-             if inner is not None else None)
+    noise = torch.rand(n, inner.encoder.num_patches, generator=torch.Generator().manual_seed(FIDELITY_SEED))
     sq = 0.0
     pixels = 0
     seen = 0
     abs_err = total = None
     for images, _ in iterate_batches(reader, np.arange(n), batch_size, preprocessor=preprocessor):
-        if noise is not None:
-            recon = inner.reconstruct(images, mask_ratio, noise=noise[seen:seen + len(images)])[0]
-        else:
-            recon = mae(images)
+        recon = inner.reconstruct(images, mask_ratio, noise=noise[seen:seen + len(images)])[0]
         seen += len(images)
         sq += float((recon - images).double().pow(2).sum())
         pixels += images.numel()
@@ -113,16 +103,18 @@ def encode_file(encoder_uri: str, data: Path | str, out: Path | str, *, batch_si
     """
     from tqdm import tqdm
 
-    from mae_tracker.train.tracking import load_encoder
+    from mae_tracker.train.saved_model import load_model
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     data, out = Path(data).expanduser(), Path(out).expanduser()
+    if out.exists() and data.exists() and os.path.samefile(data, out):  # same inode: symlink, hard link, ../
+        raise ValueError(f"--out {out} is the input file {data}: encoding would replace the jets with their "
+                         "latents; write to another file")
     info = open_jet_file(data, check_values=False)
-    model, meta = load_encoder(encoder_uri)
-    preprocessing = _as_dict(meta["preprocessing"])
-    encoder_config = _as_dict(meta["encoder_config"])
-    preprocessor = Preprocessor.from_dict(preprocessing)
+    model, meta = load_model(encoder_uri, kind="encoder")
+    preprocessor = model.preprocessor  # as rebuilt from the model's own config
+    preprocessing, encoder_config = preprocessor.to_dict(), model.encoder.config.to_dict()
     if preprocessor.channels != info.channels:
         raise DataError(data, f"has {info.channels} channels but encoder {encoder_uri} was trained on "
                               f"{preprocessor.channels}")
@@ -142,8 +134,8 @@ def encode_file(encoder_uri: str, data: Path | str, out: Path | str, *, batch_si
             batches = iterate_batches(reader, np.arange(n), batch_size, preprocessor=preprocessor)
             with torch.no_grad():
                 for images, _ in tqdm(batches, desc=f"encode {data.name}", unit="batch", disable=not progress):
-                    z = model(images)
-                    z = z[0] if isinstance(z, (tuple, list)) else z
+                    # the batches are preprocessed already: straight into the encoder behind the model
+                    z = model.encoder.features(images, pool=model.pool)
                     z = z.detach().cpu().numpy().astype(np.float32, copy=False).reshape(len(images), -1)
                     if latents is None:
                         latents = f.create_dataset("latents", shape=(n, z.shape[1]), dtype="float32",

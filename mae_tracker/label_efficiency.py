@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import mlflow
 
 from mae_tracker.report import collect, figures
-from mae_tracker.train import tracking
+from mae_tracker.train import saved_model, tracking
 from mae_tracker.train.config import DownstreamConfig
 
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
@@ -231,7 +231,9 @@ def _with_pretrain_split(client: mlflow.MlflowClient, encoder_uri: str, override
                          ) -> tuple[dict[str, Any], str]:
     """``overrides`` plus the data file and split of the encoder's pretrain run (where not overridden)."""
     try:
-        metadata = mlflow.models.get_model_info(encoder_uri).metadata or {}
+        metadata = saved_model.model_metadata(encoder_uri, kind="encoder")
+    except saved_model.UnsafeModelError:
+        raise
     except Exception as err:
         raise ValueError(f"cannot load encoder {encoder_uri!r}: {str(err).splitlines()[0]}") from err
     pretrain_run_id = str(metadata.get("pretrain_run_id", ""))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import mlflow
-import mlflow.pytorch
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +17,7 @@ from mae_tracker.train import loop
 from mae_tracker.train.config import DownstreamConfig, PretrainConfig, resolve_pixel_options
 from mae_tracker.train.downstream import train_classifier
 from mae_tracker.train.pretrain import pretrain
+from mae_tracker.train.saved_model import load_model
 
 EPOCHS = 3
 REGISTERED = "test-arms-encoder"
@@ -99,17 +100,27 @@ def test_pretrain_run_holds_params_provenance_images_and_models(pretrained, jets
     assert meta["pretrain_run_id"] == run_id
     assert set(meta["preprocessing"]) >= {"mean", "std"}
     assert encoder_info.signature is not None
-    features = mlflow.pyfunc.load_model(f"runs:/{run_id}/encoder").predict(np.random.rand(3, 3, 32, 32).astype(np.float32))
+    # one input contract: raw images as stored in the file, channels last; preprocessing inside
+    raw = (np.random.rand(3, 32, 32, 3) * 50).astype(np.float32)
+    features = mlflow.pyfunc.load_model(f"runs:/{run_id}/encoder").predict(raw)
     assert np.asarray(features).shape == (3, 64)
-    mae = mlflow.pytorch.load_model(f"runs:/{run_id}/mae")
-    mae.train()  # pickle format: can be trained further
+    encoder, _ = load_model(f"runs:/{run_id}/encoder", kind="encoder")
+    with torch.no_grad():
+        np.testing.assert_allclose(encoder(torch.from_numpy(raw)).numpy(), features, atol=1e-6)
+        np.testing.assert_allclose(encoder(torch.from_numpy(raw.astype(np.float64))).numpy(), features, atol=1e-6)
+        expected = encoder.encoder.features(encoder.preprocessor.transform(torch.from_numpy(raw).permute(0, 3, 1, 2)))
+        np.testing.assert_allclose(features, expected.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="channels last"):  # preprocessed channels-first input is refused
+        encoder(torch.rand(3, 3, 32, 32))
+    mae, _ = load_model(f"runs:/{run_id}/mae", kind="mae")
+    mae.train()  # weights + config rebuild a module that can be trained further
     loss, _, _ = mae.mae(torch.rand(2, 3, 32, 32), mask_ratio=0.75)
     loss.backward()
 
 
 def test_downstream_arms_classify_real_jets(pretrained, jets_file):
     encoder_uri = pretrained["encoder_uri"]
-    pretrained_encoder = encoder_state(mlflow.pytorch.load_model(encoder_uri).encoder)
+    pretrained_encoder = encoder_state(load_model(encoder_uri)[0].encoder)
     results = {}
     for arm in ("finetune", "probe", "scratch"):
         result = train_classifier(small_downstream(arm, jets_file, encoder_uri=encoder_uri), progress=False)
@@ -134,7 +145,7 @@ def test_downstream_arms_classify_real_jets(pretrained, jets_file):
         val_auc = history(result["run_id"], "val_auc")
         assert result["best_val_auc"] == val_auc[result["best_epoch"]]
         assert run.data.metrics["best_val_auc"] == result["best_val_auc"]
-        classifier = mlflow.pytorch.load_model(f"runs:/{result['run_id']}/classifier")
+        classifier, _ = load_model(f"runs:/{result['run_id']}/classifier", kind="tagger")
         # the logged classifier is the JetTagger: raw channels-last images -> P(label 1)
         probabilities = classifier(torch.rand(4, 32, 32, 3))
         assert probabilities.shape == (4,) and bool(((probabilities >= 0) & (probabilities <= 1)).all())
@@ -149,12 +160,12 @@ def test_downstream_arms_classify_real_jets(pretrained, jets_file):
 
 
 def test_finetune_starts_from_pretrained_weights_scratch_does_not(pretrained, jets_file):
-    pretrained_encoder = encoder_state(mlflow.pytorch.load_model(pretrained["encoder_uri"]).encoder)
+    pretrained_encoder = encoder_state(load_model(pretrained["encoder_uri"])[0].encoder)
     for arm, expect_same in (("finetune", True), ("scratch", False)):
         # lr = 0: whatever the classifier holds at the end is what it started from
         result = train_classifier(small_downstream(arm, jets_file, encoder_uri=pretrained["encoder_uri"],
                                                    lr=0.0, epochs=1), progress=False)
-        start = encoder_state(mlflow.pytorch.load_model(f"runs:/{result['run_id']}/classifier").encoder)
+        start = encoder_state(load_model(f"runs:/{result['run_id']}/classifier")[0].encoder)
         assert same_weights(start, pretrained_encoder) == expect_same, arm
 
 
@@ -257,7 +268,7 @@ def test_probe_trained_on_cached_features_scores_raw_images_the_same(pretrained,
 
     config = small_downstream("probe", jets_file, encoder_uri=pretrained["encoder_uri"])
     result = train_classifier(config, progress=False)
-    tagger = mlflow.pytorch.load_model(f"runs:/{result['run_id']}/classifier")
+    tagger, _ = load_model(f"runs:/{result['run_id']}/classifier", kind="tagger")
     data = prepare_data(config, progress=False)
     test = np.sort(data.splits["test"])
     raw, _ = data.reader.read(test)

@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import mlflow
-import mlflow.pytorch
+from mae_tracker.train.saved_model import load_model
 import numpy as np
 import pytest
 import torch
@@ -67,8 +67,8 @@ def test_two_gloo_ranks_equal_one_process_with_the_global_batch(jets_file, tmp_p
         ddp, ref = history(run.info.run_id, key), history(single["run_id"], key)
         assert len(ddp) == len(ref) > 0, key
         np.testing.assert_allclose(ddp, ref, rtol=2e-4, atol=1e-6, err_msg=key)
-    ddp_model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/mae").mae.state_dict()
-    ref_model = mlflow.pytorch.load_model(f"runs:/{single['run_id']}/mae").mae.state_dict()
+    ddp_model = load_model(f"runs:/{run.info.run_id}/mae", kind="mae")[0].mae.state_dict()
+    ref_model = load_model(f"runs:/{single['run_id']}/mae", kind="mae")[0].mae.state_dict()
     assert ddp_model.keys() == ref_model.keys()
     for name in ref_model:
         a, b = ddp_model[name], ref_model[name]

@@ -22,7 +22,7 @@ def pretrained(jets_file):
 
 def test_encode_writes_latents_labels_and_provenance(pretrained, jets_file, tmp_path):
     from mae_tracker.data.jetfile import file_digest
-    from mae_tracker.train.tracking import load_encoder
+    from mae_tracker.train.saved_model import load_model
 
     out = tmp_path / "latents.h5"
     figures = encode_file(pretrained["encoder_uri"], jets_file, out, batch_size=128, progress=False)
@@ -33,7 +33,7 @@ def test_encode_writes_latents_labels_and_provenance(pretrained, jets_file, tmp_
         latents, attrs = f["latents"][()], dict(f.attrs)
         np.testing.assert_array_equal(f["y"][()], labels)
         np.testing.assert_array_equal(f["pt"][()], pt)
-    model, meta = load_encoder(pretrained["encoder_uri"])
+    model, meta = load_model(pretrained["encoder_uri"], kind="encoder")
     dim = latents.shape[1]
     assert latents.shape == (n, dim) and latents.dtype == np.float32 and np.isfinite(latents).all()
     # rows are the encoder's features of the preprocessed images, in file order
@@ -41,7 +41,9 @@ def test_encode_writes_latents_labels_and_provenance(pretrained, jets_file, tmp_
 
     pre = Preprocessor.from_dict(meta["preprocessing"])
     with torch.no_grad():
-        expected = model(pre.transform(first)).numpy()
+        expected = model.encoder.features(pre.transform(first)).numpy()
+        # the logged encoder itself takes the raw channels-last rows
+        np.testing.assert_allclose(model(first.permute(0, 2, 3, 1)).numpy(), expected, atol=1e-6)
     np.testing.assert_allclose(latents[:4], expected, rtol=1e-4, atol=1e-5)
     assert attrs["encoder_uri"] == pretrained["encoder_uri"] and attrs["data_sha256"] == file_digest(jets_file)
     assert json.loads(attrs["preprocessing"]) == meta["preprocessing"]

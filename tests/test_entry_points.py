@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from mae_tracker.cli import main
 from mae_tracker.train.config import ARM_DEFAULTS, DownstreamConfig, PretrainConfig
+from mae_tracker.train.saved_model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_PARAMS = {"experiment", "run_name", "resume", "checkpoint_dir", "arm"}  # see scripts/write_mlproject.py
@@ -74,7 +75,7 @@ def test_mlflow_run_all_four_arms(jets_file):
         assert run.info.status == "FINISHED"
         assert 0.0 <= run.data.metrics["test_auc"] <= 1.0
         assert run.data.tags["pretrain_run_id"] == pretrain_run.info.run_id
-        assert mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/classifier") is not None
+        assert load_model(f"runs:/{run.info.run_id}/classifier", kind="tagger")[0] is not None
 
 
 def _nan_file(path: Path) -> Path:
