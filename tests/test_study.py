@@ -136,6 +136,8 @@ def test_rerunning_the_study_resumes_and_trains_nothing(study):
     ({"pretrain": {"split_seed": 3}}, "pretrain.split_seed: is set by the study"),
     ({"sweep": "missing.yaml"}, "sweep: no such sweep file"),
     ({"colour": "blue"}, "colour: unknown key"),
+    ({"pretrain": {"mask_ratio": 1.5}}, "pretrain.mask_ratio: 1.5 is outside the allowed range: 0 < mask_ratio < 1"),
+    ({"by_fraction": {0.5: {"dropout": 1.0}}}, "by_fraction.0.5.dropout: 1.0 is outside the allowed range"),
 ])
 def test_a_bad_study_file_is_one_line_naming_the_key(tmp_path, jets_file, change, message):
     path = write_study(tmp_path, jets_file, **change)

@@ -226,6 +226,14 @@ BAD_SPECS = {
     "not a config field": ({"parameters": {"mask": {"values": [0.5]}}}, "not a searchable PretrainConfig field"),
     "grid of ranges": ({"method": "grid"}, "method grid needs every parameter as a list"),
     "missing data": ({"fixed": {"data": "/nonexistent/jets.h5"}}, "fixed.data: no such file"),
+    # Search spaces obey the config fields' ranges (they ran as FAILED trials under a FINISHED parent).
+    "mask ratio range": ({"parameters": {"mask_ratio": {"min": 0.5, "max": 1.5}}},
+                         "parameters.mask_ratio.max: 1.5 is outside the allowed range: 0 < mask_ratio < 1"),
+    "negative depth": ({"parameters": {"depth": {"distribution": "int", "min": -3, "max": -1}}},
+                       "parameters.depth.min: -3 is outside the allowed range: depth >= 0 (0 = the variant's)"),
+    "listed value": ({"parameters": {"lr": [1e-3, 0.0]}}, "parameters.lr.values: 0.0 is outside the allowed range: lr > 0"),
+    "fixed value": ({"fixed": {"epochs": 0}}, "fixed.epochs: 0 is outside the allowed range: epochs >= 1"),
+    "split searched": ({"parameters": {"split_seed": [0, 1]}}, "parameters.split_seed: not a searchable"),
 }
 
 
@@ -293,5 +301,11 @@ def test_storage_urls():
         "postgresql+psycopg2://alice:***@db.lab:5432/optuna"
     assert mask_password("sqlite:////data/optuna.db") == "sqlite:////data/optuna.db"
     assert default_storage_url("sqlite:////data/runs/mlflow.db") == "sqlite:////data/runs/optuna.db"
-    cache = os.environ["MAE_TRACKER_CACHE"]
-    assert default_storage_url("http://127.0.0.1:5000") == f"sqlite:///{Path(cache).resolve()}/optuna.db"
+    # A server's study storage is its own (one shared file let a new server "resume" another's study).
+    cache = Path(os.environ["MAE_TRACKER_CACHE"]).resolve() / "optuna"
+    server = default_storage_url("http://127.0.0.1:5000")
+    assert server.startswith(f"sqlite:///{cache}/http-127.0.0.1-5000-") and server.endswith(".db")
+    assert default_storage_url("http://alice:s3cret@127.0.0.1:5000/") == server  # credentials are not the store
+    assert len({server, default_storage_url("http://127.0.0.1:5001"), default_storage_url("https://mlflow.lab"),
+                default_storage_url("postgresql://u:pw@db/mlflow")}) == 4
+    assert "pw" not in default_storage_url("postgresql://u:pw@db/mlflow")

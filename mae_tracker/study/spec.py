@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mae_tracker.sweep.checks import (Fail, SweepSpecError, check_keys, config_fields, integer, mapping,
-                                      number, read_yaml)
-from mae_tracker.sweep.spec import SweepSpec, load_spec
+from mae_tracker.sweep.bounds import out_of_bounds
+from mae_tracker.sweep.checks import (Fail, SweepSpecError, check_config, check_keys, config_fields, integer,
+                                      mapping, number, read_yaml)
+from mae_tracker.sweep.spec import SPLIT_FIELDS, SweepSpec, load_spec
 from mae_tracker.train.config import DownstreamConfig, PretrainConfig
 
 TOP_KEYS = ("name", "description", "data", "sweep", "pretrain", "arms", "baselines", "fractions", "seeds",
@@ -28,7 +29,7 @@ STUDY_OWNED = ("experiment", "run_name", "resume", "register_as", "data", "arm",
                "label_fraction", "seed", "kind")
 # The long pretraining inherits the split of the sweep (the data is the study's): a different
 # split here would let the downstream test jets leak into pretraining.
-SPLIT_OWNED = ("split_seed", "pretrain_fraction", "train_fraction", "val_fraction", "test_fraction")
+SPLIT_OWNED = SPLIT_FIELDS
 
 
 class StudySpecError(SweepSpecError):
@@ -91,6 +92,14 @@ def parse_study_spec(raw: Any, *, path: Path, text: str = "") -> StudySpec:
     if len(set(fractions)) != len(fractions) or len(set(seeds)) != len(seeds):
         raise fail("fractions" if len(set(fractions)) != len(fractions) else "seeds", "has duplicates")
     by_fraction = _by_fraction(mapping(raw, "by_fraction", fail), fractions, bool(baselines), fail)
+    # The configs' own checks on what the runs will be built from (the long pretraining starts
+    # from the sweep's fixed fields; its best parameters were checked with the sweep file).
+    check_config(PretrainConfig, {**sweep.fixed, **pretrain}, "pretrain", fail)
+    check_config(DownstreamConfig, {**downstream, "arm": "scratch"}, "downstream", fail)
+    if baselines:
+        from mae_tracker.baselines import BaselineConfig
+
+        check_config(BaselineConfig, baseline, "baseline", fail)
     return StudySpec(path=path, text=text, name=name.strip(), data=_data(raw.get("data"), path, fail), sweep=sweep,
                      pretrain=pretrain, arms=_names(raw.get("arms", list(ARMS)), ARMS, "arms", fail),
                      baselines=baselines, fractions=fractions, seeds=seeds, downstream=downstream,
@@ -180,5 +189,8 @@ def _by_fraction(raw: dict[Any, Any], fractions: tuple[float, ...], with_baselin
                 values[name] = float(number(value, f"by_fraction.{key}.{name}", fail))
             elif allowed[name] == "int":
                 integer(value, f"by_fraction.{key}.{name}", fail, minimum=0)
+            problem = out_of_bounds(name, values[name])
+            if problem:
+                raise fail(f"by_fraction.{key}.{name}", problem)
         result[fraction] = dict(values)
     return result

@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import yaml
 
+from mae_tracker.sweep.bounds import out_of_bounds
+
 
 class SweepSpecError(ValueError):
     """A problem in a sweep YAML: one line, naming the file and the key."""
@@ -69,8 +71,9 @@ def integer(value: Any, key: str, fail: Fail, minimum: int) -> int:
 
 
 def check_type(value: Any, kind: str, key: str, fail: Fail, field: str = "") -> None:
-    """``value`` must suit a config field of type ``kind``; a variant must exist (a typo would
-    otherwise surface as a failed trial minutes later)."""
+    """``value`` must suit a config field of type ``kind`` and lie in the field's allowed range
+    (bounds.py); a variant must exist (a typo would otherwise surface as a failed trial minutes
+    later)."""
     if field == "variant":
         from mae_tracker.models.variants import VARIANTS
 
@@ -88,6 +91,18 @@ def check_type(value: Any, kind: str, key: str, fail: Fail, field: str = "") -> 
           "str": isinstance(value, str)}.get(kind, True)
     if not ok:
         raise fail(key, f"{value!r} is not a valid {kind}")
+    problem = out_of_bounds(field, value)
+    if problem:
+        raise fail(key, problem)
+
+
+def check_config(cls: type, values: dict[str, Any], key: str, fail: Fail) -> None:
+    """Build ``cls(**values)`` so that the config's own checks (value combinations) run now; its
+    complaint becomes one line about ``key``."""
+    try:
+        cls(**values)
+    except (ValueError, TypeError) as err:
+        raise fail(key, str(err)) from None
 
 
 def config_fields(values: dict[str, Any], cls: type, reserved: tuple[str, ...], section: str,

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mae_tracker.sweep.checks import (Fail, SweepSpecError, check_keys, check_type, choice, config_fields, integer,
-                                      mapping, number, read_yaml)
+from mae_tracker.sweep.bounds import out_of_bounds
+from mae_tracker.sweep.checks import (Fail, SweepSpecError, check_config, check_keys, check_type, choice,
+                                      config_fields, integer, mapping, number, read_yaml)
 from mae_tracker.train.config import DownstreamConfig, PretrainConfig
 
 METHODS = ("tpe", "random", "grid")
@@ -50,7 +51,10 @@ SWEEP_OWNED = ("experiment", "run_name", "resume", "register_as")
 FROM_PRETRAIN = ("data", "split_seed", "pretrain_fraction", "train_fraction", "val_fraction",
                  "test_fraction", "variant", "patch_size", "depth", "embed_dim", "num_heads",
                  "device", "num_threads")
-NOT_SEARCHABLE = SWEEP_OWNED + ("data", "device", "num_threads", "checkpoint_dir", "log_every_steps")
+# A study is bound to one dataset and split (its trials are ranked on the same validation jets),
+# so the split is fixed, never searched.
+SPLIT_FIELDS = ("split_seed", "pretrain_fraction", "train_fraction", "val_fraction", "test_fraction")
+NOT_SEARCHABLE = SWEEP_OWNED + SPLIT_FIELDS + ("data", "device", "num_threads", "checkpoint_dir", "log_every_steps")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,12 @@ class ParamSpec:
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1),
                                      log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def extremes(self) -> list[tuple[str, Any]]:
+        """(key, value) of what the search can reach at most: each listed value, or min and max."""
+        if self.distribution == "categorical":
+            return [("values", value) for value in self.values]
+        return [("min", self.low), ("max", self.high)]
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,12 @@ def parse_spec(raw: Any, *, path: Path, text: str = "") -> SweepSpec:
         raise fail(f"fixed.{overlap[0]}", "is also a searched parameter; keep it in one place")
     downstream = config_fields(mapping(raw, "downstream", fail), DownstreamConfig,
                                 SWEEP_OWNED + FROM_PRETRAIN + ("arm", "encoder_uri"), "downstream", fail)
+    # The configs' own checks, on every trial the search can produce at its extremes.
+    check_config(PretrainConfig, fixed, "fixed", fail)
+    for name, p in parameters.items():
+        for where, value in p.extremes():
+            check_config(PretrainConfig, {**fixed, name: value}, f"parameters.{name}.{where}", fail)
+    check_config(DownstreamConfig, {**downstream, "arm": "scratch"}, "downstream", fail)
 
     grid_size = math.prod(len(p.values) for p in parameters.values()) if method == "grid" else 0
     n_trials = integer(raw.get("n_trials", grid_size or None), "n_trials", fail, minimum=1)
@@ -270,4 +286,8 @@ def _param(name: str, raw: Any, fail: Fail) -> ParamSpec:
             if value is not None and float(value) != int(value):
                 raise fail(f"{key}.{bound}", f"must be an integer for distribution int, got {value}")
         low, high = int(low), int(high)
+    for bound, value in (("min", low), ("max", high)):
+        problem = out_of_bounds(name, value)
+        if problem:
+            raise fail(f"{key}.{bound}", problem)
     return ParamSpec(name, dist, low=low, high=high, step=step, log=log)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -29,16 +30,31 @@ def mask_password(url: str) -> str:
 
 
 def default_storage_url(tracking_uri: str) -> str:
-    """A SQLite file beside the MLflow store, so a sweep's two databases travel together;
-    ``$MAE_TRACKER_CACHE/optuna.db`` when the store is not a local file (a tracking server)."""
+    """The study's storage belongs to the tracking store its runs go to: a SQLite file beside a
+    SQLite (or file) MLflow store, so a sweep's two databases travel together; for a tracking
+    server or a database store, a SQLite file in ``$MAE_TRACKER_CACHE/optuna/`` keyed by the
+    tracking URI (a team shares a study through ``--storage`` / $MAE_TRACKER_OPTUNA_STORAGE)."""
     parts = urlsplit(tracking_uri)
     if parts.scheme == "sqlite" and tracking_uri.startswith("sqlite:///"):
         db = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
         if db and db != ":memory:":
             return f"sqlite:///{(Path(db).parent / STORAGE_FILE).resolve()}"
-    elif parts.scheme in ("", "file"):  # a file store directory (path or file:// URI)
+    elif parts.scheme in ("", "file") and not tracking_uri.startswith(("databricks", "uc")):
+        # a file store directory (path or file:// URI); bare "databricks" is MLflow's remote store
         return f"sqlite:///{(Path(parts.path).parent / STORAGE_FILE).resolve()}"
-    return f"sqlite:///{(cache_dir() / STORAGE_FILE).resolve()}"
+    return f"sqlite:///{(cache_dir() / 'optuna' / f'{store_key(tracking_uri)}.db').resolve()}"
+
+
+def store_key(tracking_uri: str) -> str:
+    """A file name for a tracking store: readable host and port, and a hash of the whole URI
+    without its credentials (``http-127.0.0.1-5000-3f2a9c0d1e``); never a password."""
+    parts = urlsplit(tracking_uri.strip())
+    host = (parts.hostname or "").lower()
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    identity = f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+    readable = re.sub(r"[^A-Za-z0-9.]+", "-", f"{parts.scheme}-{host}-{parts.port or ''}-{parts.path}")
+    readable = re.sub(r"-+", "-", readable).strip("-.")[:60] or "store"
+    return f"{readable}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
 
 def resolve_storage_url(explicit: str | None, tracking_uri: str) -> str:
