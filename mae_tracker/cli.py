@@ -160,13 +160,17 @@ _mount_commands()
 @main.command()
 @click.argument("run_id")
 @click.option("--metric", default=None,
-              help="Metric that decides champion vs challenger; default val_probe_auc (pretrain runs) "
-                   "or best_val_auc (finetune/probe/scratch runs).")
+              help="Validation metric that decides champion vs challenger (never a test_* metric); default "
+                   "val_probe_auc (pretrain runs) or best_val_auc (finetune/probe/scratch runs). The run must "
+                   "have logged its error (<metric>_se).")
 @click.option("--goal", type=click.Choice(["maximize", "minimize"]), default="maximize", show_default=True)
 @clean_errors
 def promote(run_id: str, metric: str | None, goal: str) -> None:
-    """Register a run's encoder (pretrain) or classifier (downstream) in its model family:
-    it becomes `challenger`, and `champion` only if it beats the champion on the same data."""
+    """Register a run's encoder (pretrain) or classifier (downstream) in its model family.
+
+    Refused when its validation AUC's 95 % interval does not exclude chance (0.5). It becomes
+    `challenger`, and `champion` only if the family has none or it beats the champion on the
+    same data by more than the noise of the comparison."""
     from mae_tracker.registry import promote as run_promote
 
     result = run_promote(run_id, metric=metric, goal=goal)
@@ -240,6 +244,23 @@ def encode(encoder_uri: str, data: Path, out: Path, batch_size: int, progress: b
                    f"{fidelity['recon_total_rel_error']:.1%} (preprocessed units)")
     else:
         click.echo(f"reconstruction fidelity not measured: {fidelity.get('reason', 'no MAE')}")
+
+
+@main.command(name="migrate-model")
+@click.argument("model_uri")
+@click.option("--i-trust-this-pickle", "trust", is_flag=True,
+              help="Required: unpickling runs any code stored in the model; only for models you trust.")
+@clean_errors
+def migrate_model(model_uri: str, trust: bool) -> None:
+    """Convert a model logged as a pickle by an older mae-tracker (MODEL_URI: runs:/<id>/<name>,
+    models:/<family>/<version> or @<alias>) into the safe format, once; aliases move with it."""
+    from mae_tracker.migrate import migrate_model as run_migration
+
+    result = run_migration(model_uri, trust_pickle=trust)
+    click.echo(f"{model_uri}: safe copy logged as {result.model_uri}")
+    if result.version is not None:
+        moved = f", aliases {', '.join(result.aliases)} moved to it" if result.aliases else ""
+        click.echo(f"registered as {result.registered_model} version {result.version}{moved}")
 
 
 @main.command(name="sparse-copy")
