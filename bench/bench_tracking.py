@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
+import mlflow.pyfunc
 
 TIMED = [(mlflow, "log_metrics"), (mlflow, "log_params"), (mlflow, "log_dict"), (mlflow, "log_figure"),
          (mlflow, "log_input"), (mlflow, "set_tags"), (mlflow, "set_tag"), (mlflow, "log_artifact"),
-         (mlflow, "start_run"), (mlflow, "end_run"), (mlflow, "register_model"), (mlflow.pytorch, "log_model"),
+         (mlflow, "start_run"), (mlflow, "end_run"), (mlflow, "register_model"), (mlflow.pyfunc, "log_model"),
          (mlflow.MlflowClient, "log_batch"), (mlflow.MlflowClient, "log_figure"), (mlflow, "get_run")]
 LOGGING = {"log_metrics", "log_params", "log_dict", "log_figure", "log_input", "set_tags", "set_tag",
            "log_artifact", "register_model", "log_model", "log_batch"}
