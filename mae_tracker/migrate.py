@@ -13,7 +13,6 @@ family with the old version's tags, and every alias of the old version moves to 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import types
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ def migrate_model(uri: str, *, trust_pickle: bool) -> Migration:
     metadata = dict(info.metadata or {})
     if "pytorch" not in (info.flavors or {}) or "encoder_config" not in metadata:
         raise ValueError(f"{uri} is not a pickled mae-tracker model (flavors: {', '.join(info.flavors or {})})")
-    with _unpickling_allowed(), _legacy_modules():
+    with saved_model.pickle_deserialization(allowed=True), _legacy_modules():
         import mlflow.pytorch as mlflow_pytorch  # the one unpickling load in the project
 
         pickled = mlflow_pytorch.load_model(uri, map_location="cpu")
@@ -75,19 +74,6 @@ def migrate_model(uri: str, *, trust_pickle: bool) -> Migration:
     if registered is not None:
         _register_in_place(client, *registered, model_uri, result)
     return result
-
-
-@contextlib.contextmanager
-def _unpickling_allowed() -> Iterator[None]:
-    saved = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
-        else:
-            os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = saved
 
 
 @contextlib.contextmanager

@@ -117,11 +117,12 @@ def log_model(model: RawImageModel, name: str, input_example: np.ndarray, metada
 
 
 @contextlib.contextmanager
-def pickle_refused() -> Iterator[None]:
-    """MLflow's own switch against unpickling, on for the duration of a project load."""
+def pickle_deserialization(allowed: bool) -> Iterator[None]:
+    """MLflow's own switch for unpickling models, set for the duration of a block: off for every
+    project load, on only for ``migrate-model`` on the user's word."""
     key = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
     saved = os.environ.get(key)
-    os.environ[key] = "false"
+    os.environ[key] = "true" if allowed else "false"
     try:
         yield
     finally:
@@ -139,7 +140,7 @@ def model_metadata(uri: str, kind: str | None = None) -> dict[str, Any]:
     """
     configure_tracking()
     try:
-        with pickle_refused():
+        with pickle_deserialization(allowed=False):
             info = mlflow.models.get_model_info(uri)
     except Exception as err:  # MLflow raises several types for a bad URI
         raise ValueError(f"cannot load model {uri!r}: {str(err).splitlines()[0]}") from err
@@ -168,7 +169,7 @@ def load_model(uri: str, kind: str | None = None) -> tuple[RawImageModel, dict[s
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     metadata = model_metadata(uri, kind)
     info = mlflow.models.get_model_info(uri)
-    with tempfile.TemporaryDirectory() as tmp, pickle_refused():
+    with tempfile.TemporaryDirectory() as tmp, pickle_deserialization(allowed=False):
         try:
             paths = {key: mlflow.artifacts.download_artifacts(artifact_uri=f"{info.artifact_path}/{path}",
                                                               dst_path=str(Path(tmp) / key))
