@@ -20,8 +20,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="HDF5 file to write (written atomically).")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="HDF5 file to write (written atomically); with --format parquet, --files > 1 or "
+                   "--split-by-class, a new folder for the files.")
 @click.option("--task", type=click.Choice(["quark-gluon", "top-qcd", "electron-photon"]), default="quark-gluon",
               show_default=True, help="What to generate: quark vs gluon jets, boosted top vs QCD fat jets, "
                                       "or single electrons vs photons.")
@@ -46,18 +47,39 @@ def main() -> None:
               help="Pythia PhaseSpace:pTHatMin [GeV]; default 0.7 * pt-min (q/g), 0.85 * pt-min (top).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Parallel generator processes (the output does not depend on it).")
+@click.option("--format", "fmt", type=click.Choice(["hdf5", "parquet"]), default="hdf5", show_default=True,
+              help="hdf5: the E2E HDF5 schema; parquet: the CMS Parquet layout (nested lists of doubles, "
+                   "channels first; X_jets, or X_jet for top-qcd).")
+@click.option("--files", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the jets into this many files (per class with --split-by-class).")
+@click.option("--split-by-class", is_flag=True,
+              help="One file per class, named by the class (as the CMS electron/photon pair).")
+@click.option("--row-group-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Parquet: jets per row group (1 as in the CMS files).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @clean_errors
-def generate(out: Path, workers: int, progress: bool, task: str, **settings: Any) -> None:
-    """Generate labelled images (quark/gluon, top/QCD or electron/photon) in the CMS E2E HDF5 schema."""
+def generate(out: Path, workers: int, progress: bool, task: str, fmt: str, files: int, split_by_class: bool,
+             row_group_size: int, **settings: Any) -> None:
+    """Generate labelled images (quark/gluon, top/QCD or electron/photon) in the CMS E2E layouts."""
     from mae_tracker.data.tasks import generate_task_file, make_config
 
     try:
         config = make_config(task, **settings)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    path = generate_task_file(config, out, workers=workers, progress=progress)
-    click.echo(f"wrote {path}")
+    if fmt == "hdf5" and files == 1 and not split_by_class:
+        if out.is_dir():
+            raise click.UsageError(f"--out {out} is a folder; give the HDF5 file to write")
+        path = generate_task_file(config, out, workers=workers, progress=progress)
+        click.echo(f"wrote {path}")
+        return
+    from mae_tracker.data.layouts import generate_layout
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise click.UsageError(f"--out {out} already exists; give a new (or empty) folder for the files")
+    for path in generate_layout(config, out, fmt=fmt, files=files, split_by_class=split_by_class,
+                                row_group_size=row_group_size, workers=workers, progress=progress):
+        click.echo(f"wrote {path}")
 
 
 @main.command()

@@ -24,7 +24,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import h5py
 import numpy as np
@@ -34,8 +34,9 @@ from mae_tracker.data.errors import DataError
 from mae_tracker.data.validate import JetFileInfo, h5_errors, open_h5, open_jet_file
 
 __all__ = [
-    "BatchIterator", "InMemoryJetImages", "JetFileInfo", "JetImageReader", "cache_in_memory",
-    "epoch_order", "file_digest", "iterate_batches", "make_splits", "open_jet_file",
+    "BatchIterator", "InMemoryJetImages", "JetFileInfo", "JetImageReader", "JetReader", "as_indices",
+    "cache_in_memory", "epoch_order", "file_digest", "iterate_batches", "make_splits", "open_jet_file",
+    "sorted_unique",
 ]
 
 DEFAULT_SPLIT_FRACTIONS = {"pretrain": 0.5, "train": 0.3, "val": 0.1, "test": 0.1}
@@ -56,7 +57,30 @@ def file_digest(path: str | os.PathLike[str], *, block_bytes: int = 2**20) -> st
 # --------------------------------------------------------------------------- reading
 
 
-def _as_indices(indices: Any, n: int) -> np.ndarray:
+@runtime_checkable
+class JetReader(Protocol):
+    """What the loader, Preprocessor.fit, the sparse copy and the arms need from a data source:
+    :class:`JetImageReader` (one HDF5 file), :class:`~mae_tracker.data.parquet.ParquetJetReader`,
+    :class:`~mae_tracker.data.dataset.JetDataset` (many files) and the copies/caches built on them.
+
+    Optional: ``shuffled_order(indices, seed=, epoch=)``, an epoch's shuffled reading order that
+    suits the source's storage (:class:`BatchIterator` uses it when present).
+    """
+
+    info: Any  # JetFileInfo or DatasetInfo: n_jets, image_shape, path, channel_names, attrs...
+
+    def __len__(self) -> int: ...
+    @property
+    def image_shape(self) -> tuple[int, int, int]: ...
+    def read(self, indices: Any) -> tuple[np.ndarray, np.ndarray]: ...
+    def labels(self) -> np.ndarray: ...
+    def read_extra(self, key: str, indices: Any) -> np.ndarray: ...
+    def clone(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+def as_indices(indices: Any, n: int) -> np.ndarray:
+    """``indices`` as a 1-D int64 array checked to lie in [0, n) (IndexError, TypeError otherwise)."""
     idx = np.asarray(indices)
     if idx.ndim != 1:
         raise ValueError(f"indices must be 1-D, got shape {idx.shape}")
@@ -84,7 +108,10 @@ def _read_rows(dataset: h5py.Dataset, rows: np.ndarray, out: np.ndarray) -> None
         out[s:e] = dataset[first:first + (e - s)]
 
 
-def _sorted_unique(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+_as_indices = as_indices  # the name this module's readers used first
+
+
+def sorted_unique(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Rows to read in file order, and how to put them back (None: already in order)."""
     if idx.size < 2 or bool(np.all(idx[1:] > idx[:-1])):
         return idx, None
@@ -158,7 +185,7 @@ class JetImageReader:
         """Images float32 (n, C, H, W) and labels int64 (n,), rows in the order of ``indices``."""
         info = self.info
         idx = _as_indices(indices, info.n_jets)
-        rows, inverse = _sorted_unique(idx)
+        rows, inverse = sorted_unique(idx)
         dataset = self._file()[info.images_key]
         block = np.empty((len(rows),) + tuple(dataset.shape[1:]), dtype=np.float32)
         with h5_errors(info.path, f"images ({info.images_key})"):
@@ -179,7 +206,7 @@ class JetImageReader:
             raise DataError(self.info.path, f"has no per-jet dataset '{key}' "
                                             f"(available: {list(self.info.extra_keys) or 'none'})")
         idx = _as_indices(indices, self.info.n_jets)
-        rows, inverse = _sorted_unique(idx)
+        rows, inverse = sorted_unique(idx)
         dataset = self._file()[key]
         values = np.empty(len(rows), dtype=dataset.dtype)
         with h5_errors(self.info.path, key):
@@ -306,9 +333,12 @@ class BatchIterator:
         self.reader = reader
         self.batch_size = batch_size
         self.preprocessor = preprocessor
-        self.order = epoch_order(indices, shuffle=shuffle, seed=seed, epoch=epoch,
+        shuffled_order = getattr(reader, "shuffled_order", None) if shuffle else None
+        if shuffled_order is not None:  # a storage-aware shuffle (JetDataset: row-group windows)
+            indices = shuffled_order(indices, seed=seed, epoch=epoch)
+        self.order = epoch_order(indices, shuffle=shuffle and shuffled_order is None, seed=seed, epoch=epoch,
                                  rank=rank, world_size=world_size)
-        if shuffle and getattr(reader, "chunk_rows", 1) > 1:
+        if shuffle and shuffled_order is None and getattr(reader, "chunk_rows", 1) > 1:
             warnings.warn(f"{reader.info.path}: images are chunked {reader.chunk_rows} jets at a time, so "
                           "every shuffled read decompresses a whole chunk; rewrite the file with chunks of "
                           "one jet or use cache_in_memory()", stacklevel=3)

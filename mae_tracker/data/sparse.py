@@ -36,9 +36,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from mae_tracker.data.errors import DataError
-from mae_tracker.data.jetfile import JetImageReader, _as_indices
+from mae_tracker.data.jetfile import JetReader, as_indices
 
-__all__ = ["SparseJetImages", "recorded_source", "remove_copy", "sparse_copy"]
+__all__ = ["SparseJetImages", "recorded_files", "recorded_source", "remove_copy", "sparse_copy"]
 
 FORMAT = "mae-tracker-sparse/1"
 BLOCK_BYTES = 64 * 2**20  # decoded float32 images per read while building
@@ -63,7 +63,7 @@ class SparseJetImages:
     (``clone`` returns it): the maps are read-only.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], source: JetImageReader) -> None:
+    def __init__(self, directory: str | os.PathLike[str], source: JetReader) -> None:
         self.directory = Path(directory)
         self.source = source
         self.info = source.info
@@ -115,7 +115,7 @@ class SparseJetImages:
 
     def read(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
         """Images float32 (n, C, H, W) and labels int64 (n,), rows in the order of ``indices``."""
-        idx = _as_indices(indices, self.info.n_jets)
+        idx = as_indices(indices, self.info.n_jets)
         starts = np.asarray(self._offsets[idx])
         counts = np.asarray(self._offsets[idx + 1]) - starts
         # Entry j of the gathered arrays is entry pos[j] of the copy: each jet's run of entries,
@@ -138,7 +138,7 @@ class SparseJetImages:
         self.source.close()
 
 
-def sparse_copy(reader: JetImageReader, directory: str | os.PathLike[str], *,
+def sparse_copy(reader: JetReader, directory: str | os.PathLike[str], *,
                 progress: bool = False) -> SparseJetImages:
     """The sparse copy of ``reader``'s file in ``directory``; built first (or its interrupted
     build resumed) if it is not there yet."""
@@ -187,6 +187,29 @@ def recorded_source(directory: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+def recorded_files(directory: str | os.PathLike[str]) -> list[tuple[Path, str]] | None:
+    """(path, sha256) of every file of the dataset a copy (or its interrupted build) was made
+    from, as recorded; None for a copy of one file recorded only as ``source``."""
+    for name in ("meta.json", "progress.json"):
+        path = Path(directory) / name
+        if path.is_file():
+            try:
+                files = json.loads(path.read_text()).get("files")
+            except (OSError, ValueError):
+                return None
+            return [(Path(f["path"]), str(f["sha256"])) for f in files] if files else None
+    return None
+
+
+def _source_record(reader: JetReader) -> dict[str, Any]:
+    """What a copy records about its source: the path, and for a dataset of files each file."""
+    record: dict[str, Any] = {"source": str(reader.info.path)}
+    files = getattr(reader, "file_records", None)
+    if callable(files):
+        record["files"] = files()
+    return record
+
+
 def remove_copy(directory: str | os.PathLike[str]) -> bool:
     """Delete a copy, its interrupted build and its lock file; False (nothing deleted) while
     a builder holds the lock. Runs reading the copy keep their memory maps."""
@@ -209,13 +232,14 @@ def remove_copy(directory: str | os.PathLike[str]) -> bool:
     return True
 
 
-def _build(reader: JetImageReader, directory: Path, progress: bool) -> None:
+def _build(reader: JetReader, directory: Path, progress: bool) -> None:
     partial = directory.with_name(directory.name + ".partial")
     partial.mkdir(exist_ok=True)
     n = reader.info.n_jets
     image_values = int(np.prod(reader.info.image_shape))
     pixel_dtype = _pixel_dtype(image_values)
     state_path = partial / "progress.json"
+    source = _source_record(reader)
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"jets": 0, "nonzero": 0}
     done, nonzero = int(state["jets"]), int(state["nonzero"])
     names = {"offsets": 8 * (done + 1), "pixels": pixel_dtype.itemsize * nonzero, "values": 4 * nonzero}
@@ -248,13 +272,12 @@ def _build(reader: JetImageReader, directory: Path, progress: bool) -> None:
             for handle in files.values():
                 handle.flush()
             done, nonzero = stop, int(ends[-1]) if len(ends) else nonzero
-            _write_atomically(state_path, json.dumps({"jets": done, "nonzero": nonzero,
-                                                      "source": str(reader.info.path)}))
+            _write_atomically(state_path, json.dumps({"jets": done, "nonzero": nonzero, **source}))
     finally:
         for handle in files.values():
             handle.close()
     np.save(partial / "labels.npy", reader.labels().astype(np.int64))
-    meta = {"format": FORMAT, "source": str(reader.info.path), "n_jets": n,
+    meta = {"format": FORMAT, **source, "n_jets": n,
             "image_shape": list(reader.info.image_shape), "pixel_dtype": pixel_dtype.name, "nonzero": nonzero}
     _write_atomically(partial / "meta.json", json.dumps(meta, indent=1))
     state_path.unlink()

@@ -23,7 +23,9 @@ from mae_tracker.data.errors import DataError
 IMAGE_KEYS = ("X_jets", "X")  # E2E quark/gluon, E2E electron/photon
 LABEL_KEY = "y"
 KNOWN_EXTRA_KEYS = ("pt", "m0")
-DEFAULT_CHANNEL_NAMES = {"X_jets": ("Tracks", "ECAL", "HCAL"), "X": ("energy", "time")}
+DEFAULT_CHANNEL_NAMES = {"X_jets": ("Tracks", "ECAL", "HCAL"), "X": ("energy", "time"),
+                         # CMS boosted top (Parquet): tracks, calorimeters, impact parameters, pixel layers
+                         "X_jet": ("Tracks", "ECAL", "HCAL", "d0", "dz", "BPix1", "BPix2", "BPix3")}
 MAX_CHANNELS = 8  # an axis this small is the channel axis; image sides are larger
 SCAN_BLOCK_BYTES = 32 * 2**20  # validation/scans read this much decoded data at a time
 
@@ -43,6 +45,7 @@ class JetFileInfo:
     channel_names: tuple[str, ...]
     extra_keys: tuple[str, ...] = ()
     attrs: dict[str, Any] = field(default_factory=dict, compare=False)
+    format: str = "hdf5"  # or "parquet" (mae_tracker.data.parquet)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -111,7 +114,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _layout_from_attrs(path: Path, attrs: dict[str, Any]) -> bool | None:
+def layout_from_attrs(path: Path, attrs: dict[str, Any]) -> bool | None:
     """Channels-last from an explicit attribute (``layout`` = NHWC/NCHW or ``channels_last``)."""
     if "layout" in attrs:
         value = str(attrs["layout"]).strip().lower()
@@ -125,8 +128,9 @@ def _layout_from_attrs(path: Path, attrs: dict[str, Any]) -> bool | None:
     return None
 
 
-def _detect_layout(path: Path, key: str, shape: tuple[int, ...], attrs: dict[str, Any]) -> bool:
-    explicit = _layout_from_attrs(path, attrs)
+def detect_layout(path: Path, key: str, shape: tuple[int, ...], attrs: dict[str, Any]) -> bool:
+    """True for channels last: from the ``layout`` attribute, else the one small image axis."""
+    explicit = layout_from_attrs(path, attrs)
     if explicit is not None:
         return explicit
     small = tuple(d <= MAX_CHANNELS for d in shape[1:])
@@ -139,7 +143,8 @@ def _detect_layout(path: Path, key: str, shape: tuple[int, ...], attrs: dict[str
                           f"attribute layout='NHWC' or 'NCHW' on the dataset")
 
 
-def _channel_names(images_key: str, channels: int, attrs: dict[str, Any]) -> tuple[str, ...]:
+def channel_names_of(images_key: str, channels: int, attrs: dict[str, Any]) -> tuple[str, ...]:
+    """Channel names from the ``channel_names`` attribute, else the layout's defaults, else ch0..."""
     names = attrs.get("channel_names")
     if isinstance(names, str):  # JSON list or comma-separated
         try:
@@ -165,8 +170,17 @@ def _check_labels(path: Path, labels: h5py.Dataset, n_jets: int) -> None:
     block = 2**20
     with h5_errors(path, "labels"):
         for start in range(0, n_jets, block):
-            values = np.unique(np.asarray(labels[start:start + block]).reshape(-1))
-            bad.update(v for v in values.tolist() if not (v == 0 or v == 1))  # NaN is bad too
+            bad.update(non_binary_values(np.asarray(labels[start:start + block])))
+    check_binary(path, bad)
+
+
+def non_binary_values(values: np.ndarray) -> set[float]:
+    """The distinct label values that are neither 0 nor 1 (NaN included)."""
+    return {v for v in np.unique(values.reshape(-1)).tolist() if not (v == 0 or v == 1)}
+
+
+def check_binary(path: Path, bad: set[float]) -> None:
+    """DataError listing the bad label values found by :func:`non_binary_values`, if any."""
     if bad:
         shown = ", ".join(repr(v) for v in sorted(bad, key=str)[:6])
         raise DataError(path, f"labels must be 0 or 1, found other values: {shown}")
@@ -224,7 +238,7 @@ def open_jet_file(path: str | os.PathLike[str], *, check_values: bool = True,
         attrs = {k: _plain(v) for k, v in h5.attrs.items()}
         image_attrs = {k: _plain(v) for k, v in images.attrs.items()}
         layout_attrs = {**attrs, **image_attrs}  # the dataset's own attribute wins
-        channels_last = _detect_layout(path, images_key, shape, layout_attrs)
+        channels_last = detect_layout(path, images_key, shape, layout_attrs)
         channels, height, width = (shape[3], shape[1], shape[2]) if channels_last else shape[1:]
         if min(channels, height, width) == 0:
             raise DataError(path, f"{images_key} has an empty image axis: shape {shape}")
@@ -243,6 +257,6 @@ def open_jet_file(path: str | os.PathLike[str], *, check_values: bool = True,
         return JetFileInfo(
             path=path.resolve(), images_key=images_key, labels_key=LABEL_KEY, n_jets=n_jets,
             channels=channels, height=height, width=width, channels_last=channels_last,
-            channel_names=_channel_names(images_key, channels, layout_attrs),
+            channel_names=channel_names_of(images_key, channels, layout_attrs),
             extra_keys=tuple(extra_keys), attrs=attrs,
         )

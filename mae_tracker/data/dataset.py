@@ -1,0 +1,392 @@
+"""A dataset: one or more jet files (HDF5 and/or Parquet, any known layout) read as one.
+
+:func:`open_dataset` resolves a file, folder, glob or list (:mod:`mae_tracker.data.files`),
+validates each file on its own (one-line DataError naming it), then checks that they agree:
+the same image shape (C, H, W), channel names and task. It returns a :class:`JetDataset` with
+the readers' interface (``read(indices) -> (float32 (n, C, H, W), int64 labels)``, ``labels()``,
+``read_extra``, ``clone``, ``close``), so the loader, ``Preprocessor.fit``, the sparse copy and
+the arms take it as they take one file's reader.
+
+Identity and order. Every file is named by its sha256; the dataset's digest is the sha256 of the
+sorted file digests (for one file: that file's digest, so copies and encoders recorded against a
+file stay valid), so it does not depend on names, folders or the order files were listed in.
+Jets are numbered file after file in the order of their digests, the same for every way of
+naming the same files.
+
+Splits (:meth:`JetDataset.splits`): a jet's split is decided by (split seed, its file's digest,
+its row in the file) alone, so adding files moves no jet of the files already there: a
+pretraining set can grow without a labelled test jet moving into it. Each jet lands in a split
+with that split's fraction as probability (sizes are fraction x n within binomial noise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mae_tracker.data.errors import DataError
+from mae_tracker.data.files import DataSpec, cached_file_digest, open_any, resolve_files
+from mae_tracker.data.jetfile import DEFAULT_SPLIT_FRACTIONS, JetImageReader, as_indices
+from mae_tracker.data.parquet_reader import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, BlockCache, ParquetJetReader
+from mae_tracker.data.validate import JetFileInfo
+
+__all__ = ["DatasetInfo", "JetDataset", "dataset_digest", "format_class_balance", "jet_uniforms", "open_dataset",
+           "split_of_jets"]
+
+DIGEST_FORMAT = "mae-tracker-dataset/1"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the files of a dataset share; the fields a JetFileInfo has, so code written for one
+    file (tasks.class_names, the arms, inspect) reads it the same way."""
+
+    path: Path  # the file (one file), the folder given, or the files' common folder
+    files: tuple[Path, ...]
+    images_key: str
+    n_jets: int
+    channels: int
+    height: int
+    width: int
+    channel_names: tuple[str, ...]
+    extra_keys: tuple[str, ...]
+    attrs: dict[str, Any] = field(default_factory=dict, compare=False)
+    format: str = "hdf5"  # "hdf5", "parquet" or "mixed"
+    labels_key: str = "y"
+    channels_last: bool = False  # as the readers return images (always channels first)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    @property
+    def class_names(self) -> tuple[str, str]:
+        from mae_tracker.data.tasks import class_names
+
+        return class_names(self)
+
+    @property
+    def task(self) -> str:
+        from mae_tracker.data.tasks import task_name
+
+        return task_name(self)
+
+
+def dataset_digest(file_digests: list[str]) -> str:
+    """Order-independent digest of a set of files (one file: its own digest)."""
+    if len(file_digests) == 1:
+        return file_digests[0]
+    text = "\n".join([DIGEST_FORMAT, *sorted(file_digests)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def jet_uniforms(file_digest: str, rows: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A uniform number in [0, 1) per (seed, file digest, row): splitmix64 of the row keyed by a
+    hash of the seed and digest. Vectorised; the same on every machine and numpy version."""
+    key = int.from_bytes(hashlib.sha256(f"{DIGEST_FORMAT}:{seed}:{file_digest}".encode()).digest()[:8], "little")
+    z = np.asarray(rows, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(key)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = (z ^ (z >> np.uint64(31))) & _MASK64
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _check_fractions(fractions: dict[str, float]) -> np.ndarray:
+    values = np.array(list(fractions.values()), dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(f"split fractions must be finite and >= 0, got {fractions}")
+    if values.sum() > 1 + 1e-9:
+        raise ValueError(f"split fractions sum to {values.sum():.6g} > 1: {fractions}")
+    return values
+
+
+def split_of_jets(file_digest: str, n_jets: int, fractions: dict[str, float], seed: int = 0) -> np.ndarray:
+    """The split number (position in ``fractions``) of each row of a file; -1 = in no split."""
+    bounds = np.cumsum(_check_fractions(fractions))
+    which = np.searchsorted(bounds, jet_uniforms(file_digest, np.arange(n_jets), seed), side="right")
+    return np.where(which < len(bounds), which, -1).astype(np.int8)
+
+
+def _agree(infos: list[JetFileInfo]) -> None:
+    """Every file of a dataset has the first file's shape, channel names and task."""
+    from mae_tracker.data.tasks import task_name
+
+    first = infos[0]
+    for info in infos[1:]:
+        if info.image_shape != first.image_shape:
+            raise DataError(info.path, f"images are {info.image_shape} (C, H, W) but {first.path.name} has "
+                                       f"{first.image_shape}: every file of a dataset needs the same shape "
+                                       "and channels")
+        if info.channel_names != first.channel_names:
+            raise DataError(info.path, f"channels are {list(info.channel_names)} but {first.path.name} has "
+                                       f"{list(first.channel_names)}: same channels in the same order needed")
+        if task_name(info) != task_name(first):
+            raise DataError(info.path, f"holds task {task_name(info)} but {first.path.name} holds "
+                                       f"{task_name(first)}: one task per dataset")
+
+
+def open_dataset(spec: DataSpec, *, check_values: bool = False, progress: bool = False,
+                 digest_cache: Path | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES) -> JetDataset:
+    """Resolve, validate and digest the files of ``spec``; DataError (one line) on any problem.
+
+    ``check_values`` scans every pixel of every file for NaN/inf (a pass over the data;
+    reads check each batch anyway). ``digest_cache``: a folder remembering file digests by
+    (path, size, mtime, inode), so a large dataset is hashed once. ``cache_bytes`` bounds the
+    decoded Parquet blocks held (per clone); ``block_bytes`` the decoding unit of large row groups.
+    """
+    paths, root = resolve_files(spec)
+    infos = [open_any(p, check_values=check_values, progress=progress) for p in paths]
+    digests = []
+    for path in (paths if not progress else _bar(paths, "sha256")):
+        digests.append(cached_file_digest(path, digest_cache))
+    first_with: dict[str, Path] = {}
+    for path, digest in zip(paths, digests):
+        if digest in first_with:
+            raise DataError(path, f"has the same content as {first_with[digest]} (sha256 {digest[:12]})")
+        first_with[digest] = path
+    order = sorted(range(len(paths)), key=lambda i: digests[i])
+    return JetDataset([infos[i] for i in order], [digests[i] for i in order], root=root,
+                      cache_bytes=cache_bytes, block_bytes=block_bytes)
+
+
+def _bar(items: list[Path], what: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=what, unit="file")
+
+
+class JetDataset:
+    """Many jet files as one random-access source of jets (see the module docstring).
+
+    Global jet ``i`` is row ``i - starts[f]`` of file ``f``. Readers are opened on first use;
+    the Parquet readers of one dataset share one :class:`BlockCache` of ``cache_bytes``, and
+    ``clone()`` (one per loader worker) gets its own readers and cache.
+    """
+
+    def __init__(self, infos: list[JetFileInfo], digests: list[str], *, root: Path,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+        if not infos or len(infos) != len(digests):
+            raise ValueError("a dataset needs one digest per file and at least one file")
+        _agree(infos)
+        self.file_infos = list(infos)
+        self.file_digests = list(digests)
+        self.cache_bytes, self.block_bytes = int(cache_bytes), int(block_bytes)
+        self.starts = np.concatenate(([0], np.cumsum([i.n_jets for i in infos]))).astype(np.int64)
+        self.digest = dataset_digest(self.file_digests)
+        first = infos[0]
+        extra = tuple(k for k in first.extra_keys if all(k in i.extra_keys for i in infos))
+        attrs = {k: v for k, v in first.attrs.items() if all(i.attrs.get(k) == v for i in infos)}
+        formats = {i.format for i in infos}
+        self.info = DatasetInfo(path=Path(root), files=tuple(i.path for i in infos), images_key=first.images_key,
+                                n_jets=int(self.starts[-1]), channels=first.channels, height=first.height,
+                                width=first.width, channel_names=first.channel_names, extra_keys=extra,
+                                attrs=attrs, format=formats.pop() if len(formats) == 1 else "mixed")
+        self._open_state()
+
+    def _open_state(self) -> None:
+        self.cache = BlockCache(self.cache_bytes)
+        self._readers: list[Any] = [None] * len(self.file_infos)
+        self._labels: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # no handles, no cache: workers open their own
+        return {k: v for k, v in self.__dict__.items() if k not in ("cache", "_readers", "_labels")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open_state()
+
+    def __len__(self) -> int:
+        return self.info.n_jets
+
+    def __repr__(self) -> str:
+        return (f"JetDataset({str(self.info.path)!r}, files={len(self.file_infos)}, n_jets={self.info.n_jets}, "
+                f"shape={self.info.image_shape}, digest={self.digest[:12]})")
+
+    def __enter__(self) -> JetDataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.info.image_shape
+
+    def reader(self, f: int) -> JetImageReader | ParquetJetReader:
+        """The reader of file ``f`` (opened on first use)."""
+        if self._readers[f] is None:
+            info = self.file_infos[f]
+            self._readers[f] = (ParquetJetReader(info, cache=self.cache, block_bytes=self.block_bytes)
+                                if info.format == "parquet" else JetImageReader(info))
+        return self._readers[f]
+
+    def file_records(self) -> list[dict[str, Any]]:
+        """Path, sha256 and jet count of each file, in jet order (for logs and sparse copies)."""
+        return [{"path": str(i.path), "sha256": d, "n_jets": i.n_jets}
+                for i, d in zip(self.file_infos, self.file_digests)]
+
+    def _by_file(self, idx: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(file, positions in ``idx``, rows in that file) for every file ``idx`` touches."""
+        files = np.searchsorted(self.starts, idx, side="right") - 1
+        order = np.argsort(files, kind="stable")
+        cuts = np.flatnonzero(np.diff(files[order])) + 1
+        return [(int(files[part[0]]), part, idx[part] - self.starts[files[part[0]]])
+                for part in np.split(order, cuts) if len(part)]
+
+    def read(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Images float32 (n, C, H, W) and labels int64 (n,), in the order of ``indices``."""
+        idx = as_indices(indices, self.info.n_jets)
+        if len(self.file_infos) == 1:
+            return self.reader(0).read(idx)
+        images = np.empty((len(idx), *self.info.image_shape), np.float32)
+        labels = np.empty(len(idx), np.int64)
+        for f, where, rows in self._by_file(idx):
+            images[where], labels[where] = self.reader(f).read(rows)
+        return images, labels
+
+    def labels(self) -> np.ndarray:
+        """All labels, int64, in jet order (8 bytes a jet)."""
+        if self._labels is None:
+            self._labels = np.concatenate([self.reader(f).labels() for f in range(len(self.file_infos))])
+        return self._labels
+
+    def read_extra(self, key: str, indices: Any) -> np.ndarray:
+        """A per-jet column every file has (``pt``, ``m0``...) for ``indices``, in their order."""
+        if key not in self.info.extra_keys:
+            lacking = [i.path.name for i in self.file_infos if key not in i.extra_keys]
+            raise DataError(self.info.path, f"per-jet column '{key}' is missing from {', '.join(lacking[:3])}"
+                                            f"{' and others' if len(lacking) > 3 else ''} (in every file: "
+                                            f"{list(self.info.extra_keys) or 'none'})")
+        idx = as_indices(indices, self.info.n_jets)
+        parts = [(where, self.reader(f).read_extra(key, rows)) for f, where, rows in self._by_file(idx)]
+        out = np.empty(len(idx), np.result_type(*[v.dtype for _, v in parts]) if parts else np.float64)
+        for where, values in parts:
+            out[where] = values
+        return out
+
+    # ----------------------------------------------------------------------- splits
+
+    def splits(self, fractions: dict[str, float] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+        """Sorted global indices per split; a jet's split depends on (seed, file digest, row)
+        only (see the module docstring). Fractions as for ``make_splits``: >= 0, sum <= 1."""
+        fractions = dict(DEFAULT_SPLIT_FRACTIONS if fractions is None else fractions)
+        which = np.concatenate([split_of_jets(d, i.n_jets, fractions, seed)
+                                for i, d in zip(self.file_infos, self.file_digests)])
+        return {name: np.flatnonzero(which == k).astype(np.int64) for k, name in enumerate(fractions)}
+
+    def file_classes(self) -> list[int | None]:
+        """Per file, its one label when every jet of it has that label, else None."""
+        out = []
+        for f in range(len(self.file_infos)):
+            values = np.unique(self.labels()[self.starts[f]:self.starts[f + 1]])
+            out.append(int(values[0]) if len(values) == 1 else None)
+        return out
+
+    @property
+    def class_per_file(self) -> bool:
+        """True when every file holds jets of one class (e/gamma style: one file per class)."""
+        return all(c is not None for c in self.file_classes())
+
+    def class_balance(self, splits: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
+        """Jets of each class per split, by class name: {split: {name1: n1, name0: n0}}."""
+        names = self.info.class_names
+        labels = self.labels()
+        return {split: {names[0]: int(np.count_nonzero(labels[idx] == 1)),
+                        names[1]: int(np.count_nonzero(labels[idx] == 0))} for split, idx in splits.items()}
+
+    # ----------------------------------------------------------------------- reading order
+
+    def block_ids(self, indices: np.ndarray) -> np.ndarray:
+        """A dataset-wide id of the unit of decoding (Parquet block, HDF5 chunk) of each jet."""
+        out = np.empty(len(indices), np.int64)
+        sizes = [self._n_blocks(f) for f in range(len(self.file_infos))]
+        offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        for f, where, rows in self._by_file(np.asarray(indices, np.int64)):
+            reader = self.reader(f)
+            local = reader.block_of(rows) if isinstance(reader, ParquetJetReader) else rows // self._chunk(f)
+            out[where] = offsets[f] + local
+        return out
+
+    def _chunk(self, f: int) -> int:
+        reader = self.reader(f)
+        return max(1, reader.chunk_rows) if isinstance(reader, JetImageReader) else 1
+
+    def _n_blocks(self, f: int) -> int:
+        reader = self.reader(f)
+        if isinstance(reader, ParquetJetReader):
+            return reader.n_blocks
+        return -(-self.file_infos[f].n_jets // self._chunk(f))
+
+    def max_block_rows(self) -> int:
+        """The most jets one unit of decoding holds, over all files (1: any order reads as fast)."""
+        rows = []
+        for f in range(len(self.file_infos)):
+            reader = self.reader(f)
+            rows.append(int(np.diff(reader.block_starts).max()) if isinstance(reader, ParquetJetReader)
+                        else self._chunk(f))
+        return max(rows)
+
+    def shuffled_order(self, indices: Any, *, seed: int = 0, epoch: int = 0,
+                       window_jets: int | None = None) -> np.ndarray:
+        """One epoch's shuffled reading order of ``indices``, seeded by (seed, epoch).
+
+        Where every unit of decoding is one jet (HDF5 chunks of one jet, CMS Parquet with one
+        jet per row group), a plain permutation, the very order :func:`epoch_order` gives. Else
+        the blocks are visited in a shuffled order, and the jets of consecutive blocks are
+        shuffled together in windows of about ``window_jets`` (default: half the block cache), so
+        each block is decoded once per epoch and a batch mixes jets of several blocks.
+        """
+        order = np.asarray(indices, dtype=np.int64).reshape(-1)
+        rng = np.random.default_rng((seed, epoch))
+        if self.max_block_rows() <= 1:
+            return order[rng.permutation(len(order))]
+        if window_jets is None:
+            window_jets = max(1, self.cache_bytes // (2 * 4 * int(np.prod(self.info.image_shape))))
+        unique, inverse = np.unique(self.block_ids(order), return_inverse=True)
+        rank = np.empty(len(unique), np.int64)
+        rank[rng.permutation(len(unique))] = np.arange(len(unique))
+        counts_by_rank = np.bincount(rank[inverse.reshape(-1)], minlength=len(unique))
+        window_of_rank = (np.cumsum(counts_by_rank) - counts_by_rank) // max(1, window_jets)
+        window = window_of_rank[rank[inverse.reshape(-1)]]
+        return order[np.lexsort((rng.random(len(order)), window))]
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    def clone(self) -> JetDataset:
+        """The same dataset with its own handles and cache (one per loader worker)."""
+        clone = object.__new__(JetDataset)
+        clone.__setstate__(self.__getstate__())
+        return clone
+
+    def close(self) -> None:
+        for reader in self._readers:
+            if reader is not None:
+                reader.close()
+        self._readers = [None] * len(self.file_infos)
+        self.cache.clear()
+
+    def describe(self) -> dict[str, Any]:
+        """Plain facts for logging: digest, counts, format, class per file, each file."""
+        return {"digest": self.digest, "n_files": len(self.file_infos), "n_jets": self.info.n_jets,
+                "format": self.info.format, "image_shape": list(self.info.image_shape),
+                "class_per_file": self.class_per_file, "files": self.file_records()}
+
+
+def format_class_balance(balance: dict[str, dict[str, int]]) -> str:
+    """One line per split: 'pretrain: 2,510 electron / 2,490 photon (50.2 % electron)'."""
+    lines = []
+    for split, counts in balance.items():
+        (name1, n1), (name0, n0) = counts.items()
+        share = f" ({100 * n1 / (n1 + n0):.1f} % {name1})" if n1 + n0 else " (empty)"
+        lines.append(f"{split}: {n1:,} {name1} / {n0:,} {name0}{share}")
+    return "\n".join(lines)
+
