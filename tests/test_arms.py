@@ -67,6 +67,19 @@ def test_pretrain_reduces_reconstruction_loss(pretrained):
     assert probe_auc[-1] > 0.6 and pretrained["val_probe_auc"] == probe_auc[-1]
 
 
+def test_pretrain_logs_the_errors_promotion_reads(pretrained):
+    """val_probe_auc with its DeLong error and 95 % interval, train_eval_loss with its error, every epoch."""
+    run_id = pretrained["run_id"]
+    for key in ("val_probe_auc_se", "val_probe_auc_ci_low", "val_probe_auc_ci_high", "train_eval_loss_se"):
+        assert len(history(run_id, key)) == EPOCHS, key
+    metrics = mlflow.get_run(run_id).data.metrics
+    auc, se = metrics["val_probe_auc"], metrics["val_probe_auc_se"]
+    assert metrics["val_probe_auc_ci_low"] == pytest.approx(auc - 1.959964 * se)
+    assert metrics["val_probe_auc_ci_high"] == pytest.approx(min(1.0, auc + 1.959964 * se))
+    assert 0.01 < se < 0.1  # the 100 jets of the validation split
+    assert 0 < metrics["train_eval_loss_se"] < 0.2 * metrics["train_eval_loss"]
+
+
 def test_pretrain_run_holds_params_provenance_images_and_models(pretrained, jets_file):
     run_id = pretrained["run_id"]
     run = mlflow.get_run(run_id)

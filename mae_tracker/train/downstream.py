@@ -6,6 +6,7 @@ only the encoder's starting point and what is trainable differ.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import mlflow
@@ -15,13 +16,14 @@ import torch
 from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.classifier import JetClassifier
-from mae_tracker.models.tagger import JetTagger
+from mae_tracker.models.packaged import JetTagger
 from mae_tracker.models.variants import EncoderConfig, build_encoder
-from mae_tracker.train import distributed, loop, tracking
+from mae_tracker.train import distributed, loop, saved_model, tracking
 from mae_tracker.train.config import DownstreamConfig, resolve_pixel_options
 from mae_tracker.train.architecture import build_encoder_config
 from mae_tracker.train.data import RunData, prepare_data, subsample
-from mae_tracker.train.evaluation import classification_scores, keep_best_epoch, log_test_predictions
+from mae_tracker.train.evaluation import (best_epoch_errors, classification_scores, keep_best_epoch,
+                                          log_test_predictions, untrained_head_warning, validation_errors)
 from mae_tracker.train.features import FrozenFeatures
 
 
@@ -98,6 +100,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
                 continue
             labels, scores = predict(scorer, source, data.splits["val"], source_preprocessor, config.batch_size, device)
             metrics.update(classification_scores("val", labels, scores))
+            metrics.update(validation_errors(labels, scores))  # what promotion's floor and margin read
             mlflow.log_metrics(metrics, step=epoch)
             best = keep_best_epoch(best, metrics, epoch, model)
             loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -109,20 +112,24 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
         model.load_state_dict(best["state"])
         labels, scores = predict(scorer, source, data.splits["test"], source_preprocessor, config.batch_size, device)
         final = {**classification_scores("test", labels, scores), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
-                 "best_val_auc": best["val_auc"], "best_val_acc": best["val_acc"]}
+                 "best_val_auc": best["val_auc"], "best_val_acc": best["val_acc"], **best_epoch_errors(best)}
         mlflow.log_metrics(final)
+        warning = untrained_head_warning(labels, scores)
+        if warning:  # on the run and on screen: its accuracy and AUC would otherwise be taken at face value
+            mlflow.set_tag("warning", warning)
+            print(f"warning: {config.arm} run {run_id}: {warning}", file=sys.stderr, flush=True)
         log_test_predictions(config.arm, labels, scores, data.info.class_names,
                              f"{config.arm}: test ROC AUC {final['test_auc']:.4f}")
         # The logged model is the JetTagger: raw images as stored in the file (channels last,
         # like E2E X_jets), preprocessing inside, P(label 1) out; `.classifier` is the JetClassifier.
         example, _ = data.reader.read(data.splits["test"][:2])  # (n, C, H, W) raw
-        tracking.log_torch_model(JetTagger(model, preprocessor), "classifier",
-                                 np.ascontiguousarray(example.transpose(0, 2, 3, 1), dtype=np.float32),
-                                 {"encoder_config": model.encoder.config.to_dict(), "arm": config.arm,
-                                  "preprocessing": preprocessor.to_dict(),
-                                  "pretrain_run_id": encoder_meta.get("pretrain_run_id", ""),
-                                  "channel_names": list(data.info.channel_names),
-                                  "input_layout": JetTagger.input_layout})
+        saved_model.log_model(JetTagger(model, preprocessor), "classifier",
+                              np.ascontiguousarray(example.transpose(0, 2, 3, 1), dtype=np.float32),
+                              {"encoder_config": model.encoder.config.to_dict(), "arm": config.arm,
+                               "preprocessing": preprocessor.to_dict(),
+                               "pretrain_run_id": encoder_meta.get("pretrain_run_id", ""),
+                               "channel_names": list(data.info.channel_names), "data_sha256": data.digest,
+                               "input_layout": JetTagger.input_layout})
         ckpt.unlink(missing_ok=True)  # the logged classifier replaces it
     return distributed.broadcast_object({**metrics, **final, "run_id": run_id})
 
@@ -136,7 +143,7 @@ def _starting_encoder(config: DownstreamConfig, data: RunData, train_indices: np
     fitted on the labelled jets with the config's options ("" = the reference recipe).
     """
     if config.encoder_uri:
-        wrapper, meta = tracking.load_encoder(config.encoder_uri)
+        wrapper, meta = saved_model.load_model(config.encoder_uri, kind="encoder")
         encoder_cfg = EncoderConfig.from_dict(meta["encoder_config"])
         _check_shape(encoder_cfg, data)
         preprocessor = Preprocessor.from_dict(meta["preprocessing"])

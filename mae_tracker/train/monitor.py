@@ -12,11 +12,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mae_tracker.data.preprocess import Preprocessor
+from mae_tracker.train.evaluation import AucInterval, auc_interval
+
+KEY = "val_probe_auc"
 
 
 class ProbeMonitor:
@@ -44,14 +46,23 @@ class ProbeMonitor:
 
     def auc(self, encoder: torch.nn.Module, device: torch.device) -> float:
         """Validation ROC AUC of a linear probe on the encoder's current features."""
+        return self.interval(encoder, device).auc
+
+    def interval(self, encoder: torch.nn.Module, device: torch.device) -> AucInterval:
+        """The same AUC with its DeLong standard error and 95 % interval (all NaN for NaN features)."""
         train_x = self.features(encoder, self.train_images, device)
         val_x = self.features(encoder, self.val_images, device)
         if not (np.isfinite(train_x).all() and np.isfinite(val_x).all()):
-            return float("nan")
+            nan = float("nan")
+            return AucInterval(nan, nan, nan, nan, int(self.val_labels.sum()), int((1 - self.val_labels).sum()))
         # Standardised features and an L2-regularised fit: deterministic (lbfgs) and fast.
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
         probe.fit(train_x, self.train_labels)
-        return float(roc_auc_score(self.val_labels, probe.predict_proba(val_x)[:, 1]))
+        return auc_interval(self.val_labels, probe.predict_proba(val_x)[:, 1])
+
+    def metrics(self, encoder: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """``val_probe_auc`` and its ``_se``, ``_ci_low``, ``_ci_high``: what promotion reads."""
+        return self.interval(encoder, device).as_metrics(KEY)
 
 
 def _load(reader, indices: np.ndarray, preprocessor: Preprocessor) -> tuple[torch.Tensor, np.ndarray]:

@@ -11,13 +11,14 @@ import torch
 
 from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.preprocess import Preprocessor
-from mae_tracker.models.export import EncoderFeatures, MAEReconstruction
+from mae_tracker.models.packaged import JetEncoder, MAEReconstruction
 from mae_tracker.models.mae import MAEConfig, build_mae
-from mae_tracker.train import distributed, loop, plots, tracking
+from mae_tracker.train import distributed, loop, plots, saved_model, tracking
 from mae_tracker.train.background import BackgroundLogger, log_figure_job
 from mae_tracker.train.architecture import build_mae_config
 from mae_tracker.train.config import PretrainConfig, resolve_pixel_options
 from mae_tracker.train.data import RunData, prepare_data
+from mae_tracker.train.evaluation import standard_error
 from mae_tracker.train.monitor import ProbeMonitor
 
 EVAL_NOISE_SEED = 12345  # the same masks every epoch, so eval losses are comparable
@@ -87,12 +88,14 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
             if not ctx.is_main:  # evaluation, logging and checkpoints are rank 0's
                 distributed.on_main(loop.report_epoch, None, epoch, metrics)  # rank 0's verdict: go on or stop
                 continue
-            metrics["train_eval_loss"] = _eval_loss(model, data, train_indices[:len(test_indices)],
-                                                    preprocessor, config, device)
-            metrics["test_loss"] = _eval_loss(model, data, test_indices, preprocessor, config, device)
+            # train_eval_loss is the reconstruction objective a sweep may promote on: with its error.
+            metrics["train_eval_loss"], metrics["train_eval_loss_se"] = _eval_loss(
+                model, data, train_indices[:len(test_indices)], preprocessor, config, device)
+            metrics["test_loss"], _ = _eval_loss(model, data, test_indices, preprocessor, config, device,
+                                                 with_error=False)
             if monitor is not None:
                 started = time.perf_counter()
-                metrics["val_probe_auc"] = monitor.auc(model.encoder, device)
+                metrics.update(monitor.metrics(model.encoder, device))  # val_probe_auc, _se, _ci_low, _ci_high
                 metrics["val_probe_time_s"] = time.perf_counter() - started
             mlflow.log_metrics(metrics, step=epoch)
             last = epoch == config.epochs - 1
@@ -111,7 +114,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
         figures.close()  # every grid is logged (or its error raised) before the models and the run's end
         final = _compression_figures(model, data, test_indices, preprocessor, config, device)
         mlflow.log_metrics(final)
-        encoder_uri = _log_models(model, mae_config, preprocessor, data, config, run_id, grid_test)
+        encoder_uri = _log_models(model, mae_config, preprocessor, data, config, run_id, test_indices[:2])
         if config.register_as:
             mlflow.register_model(encoder_uri, config.register_as)
         ckpt.unlink(missing_ok=True)  # the logged models replace it
@@ -134,18 +137,24 @@ def _load(data: RunData, indices: np.ndarray, preprocessor: Preprocessor) -> tor
 
 @torch.no_grad()
 def _eval_loss(model: torch.nn.Module, data: RunData, indices: np.ndarray, preprocessor: Preprocessor,
-               config: PretrainConfig, device: torch.device) -> float:
-    """Reconstruction loss with fixed masks (same noise every epoch) on the given jets."""
+               config: PretrainConfig, device: torch.device, with_error: bool = True) -> tuple[float, float]:
+    """Reconstruction loss with fixed masks (same noise every epoch) on the given jets, and the
+    standard error of that mean over jets (each jet's own masked-patch loss; NaN without)."""
     model.eval()
     generator = torch.Generator().manual_seed(EVAL_NOISE_SEED)
     total, seen = 0.0, 0
+    per_jet: list[float] = []
     for images, _ in iterate_batches(data.reader, indices, config.batch_size, shuffle=False,
                                      preprocessor=preprocessor):
         noise = torch.rand(len(images), model.encoder.num_patches, generator=generator)
-        loss, _, _ = model(images.to(device), mask_ratio=config.mask_ratio, noise=noise.to(device))
+        images = images.to(device)
+        loss, pred, mask = model(images, mask_ratio=config.mask_ratio, noise=noise.to(device))
         total += loss.item() * len(images)
         seen += len(images)
-    return total / max(1, seen)
+        if with_error:
+            per_jet += [float(model.forward_loss(images[i:i + 1], pred[i:i + 1], mask[i:i + 1]))
+                        for i in range(len(images))]
+    return total / max(1, seen), standard_error(np.asarray(per_jet)) if with_error else float("nan")
 
 
 @torch.no_grad()
@@ -200,14 +209,16 @@ def _compression_figures(model: torch.nn.Module, data: RunData, indices: np.ndar
 
 
 def _log_models(model: torch.nn.Module, mae_config: MAEConfig, preprocessor: Preprocessor, data: RunData,
-                config: PretrainConfig, run_id: str, example: torch.Tensor) -> str:
-    """Log encoder and full MAE only after training succeeded: a failed run has no model."""
+                config: PretrainConfig, run_id: str, example_rows: np.ndarray) -> str:
+    """Log encoder and full MAE only after training succeeded: a failed run has no model.
+    Both take raw images as stored in the file (channels last), preprocessing inside."""
     metadata = {"encoder_config": mae_config.encoder.to_dict(), "mae_config": mae_config.to_dict(),
                 "preprocessing": preprocessor.to_dict(), "pretrain_run_id": run_id,
                 "channel_names": list(data.info.channel_names), "data_sha256": data.digest,
-                "mask_ratio": config.mask_ratio}
-    input_example = example[:2].numpy().astype(np.float32)
-    encoder_uri = tracking.log_torch_model(EncoderFeatures(model.encoder), "encoder", input_example, metadata)
-    tracking.log_torch_model(MAEReconstruction(model, config.mask_ratio), "mae", input_example, metadata)
+                "data_path": str(data.path), "mask_ratio": config.mask_ratio}
+    images, _ = data.reader.read(np.asarray(example_rows))  # (n, C, H, W) raw
+    input_example = np.ascontiguousarray(images.transpose(0, 2, 3, 1), dtype=np.float32)
+    encoder_uri = saved_model.log_model(JetEncoder(model.encoder, preprocessor), "encoder", input_example, metadata)
+    saved_model.log_model(MAEReconstruction(model, preprocessor, config.mask_ratio), "mae", input_example, metadata)
     mlflow.set_tag("encoder_uri", encoder_uri)
     return encoder_uri
