@@ -10,16 +10,22 @@ Stages are deprecated in MLflow 3, so promotion uses aliases only:
 - every accepted candidate is registered as a new version and first takes ``challenger``;
 - it takes ``champion`` only if it beats the current champion on the same validation data
   (same data sha256, split seed and fractions, same metric and goal, same evaluation
-  protocol; compared through version tags), or if the family has no champion yet;
-  the winner then drops ``challenger`` so that alias means "the latest candidate that lost";
+  protocol; compared through version tags) by more than the noise of the comparison
+  (``registry_evidence``: from both versions' recorded standard errors), or if the family has
+  no champion yet; the winner then drops ``challenger`` so that alias means "the latest
+  candidate that lost";
 - refused outright (ValueError, one line): runs not FINISHED, pruned runs (tag
   ``optuna_state=PRUNED`` or an ``end_reason`` saying pruned, on the run or any parent run),
-  a missing or non-finite metric, no logged model.
+  a missing or non-finite metric, a metric of the test split, a metric without its logged
+  standard error (runs from before promotion intervals), a validation AUC whose 95 % interval
+  does not exclude 0.5 (chance level), no logged model.
+
+Every version records the metric's error, the floor AUC's interval and, when it was compared,
+the comparison's noise as tags; the reason (tag ``promotion``) says all of them.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +34,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from mae_tracker.models.tagger import INPUT_LAYOUT
+from mae_tracker.models.packaged import INPUT_LAYOUT
+from mae_tracker.train import saved_model
+from mae_tracker.registry_evidence import (check_finite_losses, check_floor, comparison_noise, is_test_metric,
+                                           read_evidence)
 from mae_tracker.train.tracking import configure_tracking
 
 CHAMPION = "champion"
@@ -57,6 +66,8 @@ class PromotionResult:
     alias: str  # "champion" or "challenger"
     reason: str
     previous_champion_version: str | None  # the champion before this promotion (None: there was none)
+    interval: str = ""  # the floor AUC with its 95 % interval, e.g. "val_probe_auc 0.7812, 95 % interval [...]"
+    noise: float | None = None  # the comparison's noise (None: nothing to compare with)
 
 
 def family_name(model: str, encoder_config: dict[str, Any]) -> str:
@@ -70,24 +81,31 @@ def family_name(model: str, encoder_config: dict[str, Any]) -> str:
 
 
 def promote(run_id: str, *, metric: str | None = None, value: float | None = None, goal: str = "maximize",
-            study: str = "", trial: int | None = None) -> PromotionResult:
+            study: str = "", trial: int | None = None, metric_run_id: str | None = None,
+            metric_key: str | None = None) -> PromotionResult:
     """Register the run's model (pretrain: ``encoder``; finetune/probe/scratch: ``classifier``)
     in its family and decide champion vs challenger.
 
-    ``metric`` defaults to ``val_probe_auc`` (pretrain) or ``best_val_auc`` (downstream); its
-    value is the run's last logged one unless ``value`` is given (a sweep's objective, which
-    may come from another run). ``goal`` says whether larger or smaller wins. Raises
-    ValueError with a one-line reason when the run cannot be promoted.
+    ``metric`` defaults to ``val_probe_auc`` (pretrain) or ``best_val_auc`` (downstream); it is
+    read with its standard error and the floor AUC's interval (``registry_evidence``) from
+    ``metric_run_id`` (default: the run itself) under ``metric_key`` (default: ``metric``): a
+    sweep's objective comes from another run. ``value``, when given, must be that logged value.
+    ``goal`` says whether larger or smaller wins. Raises ValueError with a one-line reason when
+    the run cannot be promoted.
     """
     if goal not in GOALS:
         raise ValueError(f"goal must be one of {GOALS}, got {goal!r}")
+    for name in (metric, metric_key):
+        if name and is_test_metric(name):
+            raise ValueError(f"metric {name!r} is measured on the test split, which never chooses a model; "
+                             "promote on a validation metric (val_probe_auc, best_val_auc)")
     configure_tracking()
     client = MlflowClient()
     run = _get_run(client, run_id)
     _refuse_unusable(client, run)
     model = _model_role(run)
     model_id = _logged_model_id(client, run, model)
-    metadata = dict(mlflow.models.get_model_info(f"models:/{model_id}").metadata or {})
+    metadata = saved_model.model_metadata(f"models:/{model_id}")  # refuses models not in the safe format
     if "encoder_config" not in metadata:
         raise ValueError(f"run {run_id}: model {model!r} has no encoder_config metadata (not logged by mae-tracker)")
     if model == "classifier" and metadata.get("input_layout") != INPUT_LAYOUT:
@@ -96,30 +114,62 @@ def promote(run_id: str, *, metric: str | None = None, value: float | None = Non
         raise ValueError(f"run {run_id}: its classifier predates the raw-image tagger format "
                          f"(input_layout {metadata.get('input_layout')!r}, expected {INPUT_LAYOUT!r}); retrain it")
     metric = metric or DEFAULT_METRIC[model]
-    value = _metric_value(run, metric, value)
+    source = run
+    if metric_run_id and metric_run_id != run_id:
+        source = _get_run(client, metric_run_id)
+        _refuse_unusable(client, source)
+    evidence = read_evidence(source, metric_key or metric, value)
+    if source is not run:
+        check_finite_losses(run)  # the run itself must not have diverged either
+    check_floor(evidence, run_id)
 
     family = family_name(model, metadata["encoder_config"])
-    tags = _version_tags(client, run, model, metadata, metric, value, goal, study, trial)
+    tags = _version_tags(client, run, model, metadata, metric, evidence.value, goal, study, trial)
+    tags.update(evidence.tags())
     _ensure_registered_model(client, family, model)
     version = client.create_model_version(
         family, source=f"models:/{model_id}", run_id=run_id, model_id=model_id, tags=tags,
         description=_description(model, run, tags)).version
     version = str(version)
     client.set_registered_model_alias(family, CHALLENGER, version)
-    alias, reason, previous = _contest(client, family, version, tags)
+    alias, reason, previous, noise = _contest(client, family, version, tags)
+    reason = f"{reason}; {evidence.interval()}"
+    if noise is not None:
+        client.set_model_version_tag(family, version, "comparison_noise", repr(noise))
     client.set_model_version_tag(family, version, "promotion", reason)
-    return PromotionResult(family, version, alias, reason, previous)
+    return PromotionResult(family, version, alias, reason, previous, evidence.interval(), noise)
 
 
 def promote_from_sweep(pretrain_run_id: str, *, metric: str, value: float, study: str, trial: int,
                        goal: str | None = None) -> PromotionResult:
     """Promote a sweep's best trial's encoder with the study's objective value.
 
-    ``goal`` defaults from the metric name: names containing "loss" are minimised, anything
-    else (AUC, accuracy) maximised.
+    The value and its error are read from the run that measured them: the trial's probe or
+    finetune run (the trial run's ``downstream_run_id`` tag; the pretrain run is nested under
+    the trial run) for ``val_auc`` / ``val_acc``, else the pretrain run itself. ``goal``
+    defaults from the metric name: names containing "loss" are minimised, anything else (AUC,
+    accuracy) maximised.
     """
     goal = goal or ("minimize" if "loss" in metric.lower() else "maximize")
-    return promote(pretrain_run_id, metric=metric, value=value, goal=goal, study=study, trial=trial)
+    measured_by, key = sweep_measurement(pretrain_run_id, metric)
+    return promote(pretrain_run_id, metric=metric, value=value, goal=goal, study=study, trial=trial,
+                   metric_run_id=measured_by, metric_key=key)
+
+
+def sweep_measurement(pretrain_run_id: str, metric: str) -> tuple[str, str]:
+    """(run id, metric key) where a sweep trial's objective ``metric`` was logged with its error."""
+    from mae_tracker.sweep.objective import DOWNSTREAM_KEYS  # here: only sweeps need optuna
+
+    if metric not in DOWNSTREAM_KEYS:
+        return pretrain_run_id, metric
+    configure_tracking()
+    client = MlflowClient()
+    trial_id = _get_run(client, pretrain_run_id).data.tags.get("mlflow.parentRunId", "")
+    downstream = _get_run(client, trial_id).data.tags.get("downstream_run_id", "") if trial_id else ""
+    if not downstream:
+        raise ValueError(f"cannot find the run that measured {metric} for pretrain run {pretrain_run_id} (no trial "
+                         "run with a downstream_run_id tag above it); promote a downstream run by hand")
+    return downstream, DOWNSTREAM_KEYS[metric]
 
 
 # --------------------------------------------------------------------------- checks
@@ -180,22 +230,6 @@ def _logged_model_id(client: MlflowClient, run: Run, name: str) -> str:
     return models[0].model_id
 
 
-def _metric_value(run: Run, metric: str, value: float | None) -> float:
-    if value is None:
-        if metric not in run.data.metrics:
-            raise ValueError(f"run {run.info.run_id} has no metric {metric!r}; pass metric= one of "
-                             f"{sorted(run.data.metrics)[:12]}")
-        value = run.data.metrics[metric]  # MLflow's latest value: the last epoch's
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"run {run.info.run_id}: {metric} is {value}; a NaN/inf run is never promoted")
-    # A diverged run can still report a finite AUC from its last good epoch: its losses tell.
-    bad = {k: v for k, v in run.data.metrics.items() if "loss" in k and not math.isfinite(v)}
-    if bad:
-        raise ValueError(f"run {run.info.run_id} has non-finite losses {bad}; a NaN/inf run is never promoted")
-    return value
-
-
 # --------------------------------------------------------------------------- registering
 
 
@@ -236,8 +270,10 @@ def _description(model: str, run: Run, tags: dict[str, str]) -> str:
     origin = f"run {run.info.run_id} ({run.info.run_name}, arm {tags['arm']})"
     if tags["study"]:
         origin += f", study {tags['study']} trial {tags['trial']}"
-    return (f"{what}. From {origin}. {tags['metric']} = {float(tags['metric_value']):.4f} ({tags['goal']}) "
-            f"on data sha256 {tags['data_sha256'][:12]}, split seed {tags['split_seed']}.")
+    return (f"{what}. From {origin}. {tags['metric']} = {float(tags['metric_value']):.4f} "
+            f"± {float(tags['metric_se']):.4f} ({tags['goal']}) on data sha256 {tags['data_sha256'][:12]}, "
+            f"split seed {tags['split_seed']}; {tags['floor_metric']} {float(tags['floor_value']):.4f}, 95 % "
+            f"interval [{float(tags['floor_ci_low']):.4f}, {float(tags['floor_ci_high']):.4f}].")
 
 
 def _ensure_registered_model(client: MlflowClient, family: str, model: str) -> None:
@@ -261,8 +297,8 @@ def _champion(client: MlflowClient, family: str) -> str | None:
 
 
 def _contest(client: MlflowClient, family: str, version: str, tags: dict[str, str]
-             ) -> tuple[str, str, str | None]:
-    """(alias, reason, previous champion) for the freshly registered ``version``.
+             ) -> tuple[str, str, str | None, float | None]:
+    """(alias, reason, previous champion, comparison noise) for the freshly registered ``version``.
 
     Not atomic: MLflow has no compare-and-set on aliases. Two promotions racing on one family
     could each read the same champion, each beat it, and the later write would win even if
@@ -271,15 +307,15 @@ def _contest(client: MlflowClient, family: str, version: str, tags: dict[str, st
     set_registered_model_alias (milliseconds). Every version keeps its metric tags, so a
     wrong outcome is visible and can be fixed by promoting again.
     """
-    first_seen = _champion(client, family)
-    champion = first_seen
+    champion = _champion(client, family)
+    noise: float | None = None
     for _ in range(3):
         if champion is None:
-            wins, reason = True, "first candidate in the family: becomes champion"
+            wins, reason, noise = True, "first candidate in the family, above the chance floor: becomes champion", None
         else:
-            wins, reason = _compare(tags, client.get_model_version(family, champion).tags, champion)
+            wins, reason, noise = compare(tags, client.get_model_version(family, champion).tags, champion)
         if not wins:
-            return CHALLENGER, reason, champion
+            return CHALLENGER, reason, champion, noise
         now = _champion(client, family)
         if now != champion:  # another promotion got there first: compare with its winner
             champion = now
@@ -287,12 +323,19 @@ def _contest(client: MlflowClient, family: str, version: str, tags: dict[str, st
         client.set_registered_model_alias(family, CHAMPION, version)
         if str(client.get_registered_model(family).aliases.get(CHALLENGER)) == version:
             client.delete_registered_model_alias(family, CHALLENGER)
-        return CHAMPION, reason, champion
-    return CHALLENGER, "champion changed repeatedly during promotion (concurrent sweeps); stays challenger", champion
+        return CHAMPION, reason, champion, noise
+    return (CHALLENGER, "champion changed repeatedly during promotion (concurrent sweeps); stays challenger",
+            champion, noise)
 
 
-def _compare(candidate: dict[str, str], champion_tags: dict[str, str], champion: str) -> tuple[bool, str]:
-    """Does the candidate beat the champion? Only on identical validation data and metric."""
+def compare(candidate: dict[str, str], champion_tags: dict[str, str], champion: str
+            ) -> tuple[bool, str, float | None]:
+    """Does the candidate (version tags) beat champion v``champion``? (wins, reason, noise).
+
+    Only on identical validation data and metric, and only by more than the comparison's noise
+    (``registry_evidence.comparison_noise`` of both versions' ``metric_se``; a champion
+    registered before errors were recorded counts with the candidate's error alone).
+    """
     for key in COMPARABLE_KEYS:
         mine, theirs = candidate.get(key, ""), champion_tags.get(key, "")
         if mine != theirs:
@@ -301,13 +344,22 @@ def _compare(candidate: dict[str, str], champion_tags: dict[str, str], champion:
                     else "metric")
             shown = (mine[:12], theirs[:12]) if key == "data_sha256" else (mine, theirs)
             return False, (f"different {what} than champion v{champion} ({key} {shown[0]!r} vs {shown[1]!r}): "
-                           "cannot compare; champion stays, candidate stays challenger")
+                           "cannot compare; champion stays, candidate stays challenger"), None
     metric, goal = candidate["metric"], candidate["goal"]
     mine, theirs = float(candidate["metric_value"]), float(champion_tags["metric_value"])
-    better = mine > theirs if goal == "maximize" else mine < theirs
-    gap = abs(mine - theirs)
-    if better:
-        return True, f"beats champion v{champion}: {metric} {mine:.4f} vs {theirs:.4f} (better by {gap:.4g})"
-    if gap == 0:
-        return False, f"ties champion v{champion} on {metric} ({mine:.4f}); champion stays"
-    return False, f"worse than champion v{champion} by {gap:.4g}: {metric} {mine:.4f} vs {theirs:.4f}; champion stays"
+    se_mine = float(candidate.get("metric_se") or 0.0)
+    unrecorded = not champion_tags.get("metric_se")
+    se_theirs = 0.0 if unrecorded else float(champion_tags["metric_se"])
+    noise = comparison_noise(se_mine, se_theirs)
+    gain = (mine - theirs) if goal == "maximize" else (theirs - mine)
+    values = f"{metric} {mine:.4f} vs {theirs:.4f}"
+    theirs_error = f"none recorded for v{champion}, registered before errors were" if unrecorded else f"{se_theirs:.3g}"
+    margin = f"noise {noise:.4g} (95 %, errors {se_mine:.3g} and {theirs_error})"
+    if gain > noise:
+        return True, f"beats champion v{champion} by {gain:.4g} > {margin}: {values}; becomes champion", noise
+    if gain > 0:
+        return False, (f"better than champion v{champion} by {gain:.4g}, within the comparison's {margin}: {values}; "
+                       "champion stays, candidate stays challenger"), noise
+    if gain == 0:
+        return False, f"ties champion v{champion} on {metric} ({mine:.4f}); champion stays", noise
+    return False, f"worse than champion v{champion} by {-gain:.4g}: {values}; champion stays ({margin})", noise
