@@ -33,6 +33,7 @@ from typing import IO, Iterable
 
 import click
 
+from mae_tracker.ports import port_in_use
 from mae_tracker.sweep.storage import mask_password
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
@@ -200,6 +201,9 @@ class TeamServer:
                  log_path: Path | None = None) -> None:
         self.settings = resolve(settings)
         check_drivers(self.settings)
+        busy = port_in_use(self.settings.host, self.settings.port)
+        if busy:  # before anything starts: mlflow's own message for this is an exit code
+            raise RuntimeError(busy)
         self.url = tracking_url(self.settings)
         self._workdir = Path(tempfile.mkdtemp(prefix="mae-tracker-server-"))
         argv, env = server_command(self.settings, self._workdir)
@@ -217,7 +221,8 @@ class TeamServer:
         health = f"http://{_connect_host(self.settings.host)}:{self.settings.port}/health"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with code {self.proc.returncode} before it was ready")
+                busy = port_in_use(self.settings.host, self.settings.port)  # taken since __init__
+                raise RuntimeError(busy or f"mlflow server exited with code {self.proc.returncode} before it was ready")
             try:
                 with urllib.request.urlopen(health, timeout=2) as reply:
                     if reply.status == 200:
@@ -373,7 +378,10 @@ def server(close_stale: float | None, dry_run: bool, **options: object) -> None:
     settings = resolve(ServerSettings(**options))  # type: ignore[arg-type]
     for note in warnings_for(settings):
         click.echo(note, err=True)
-    team = TeamServer(settings, out=sys.stdout)
+    try:
+        team = TeamServer(settings, out=sys.stdout)
+    except RuntimeError as err:  # the port is taken, or a driver is missing
+        raise click.ClickException(str(err)) from None
     stop = threading.Event()
 
     def _terminate(_signum: int, _frame: object) -> None:

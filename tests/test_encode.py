@@ -1,6 +1,9 @@
 """encode_file: latent vectors of a logged encoder for a jet file, atomic, with compression figures."""
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -81,6 +84,33 @@ def test_bad_inputs_one_line_errors_nothing_written(pretrained, tmp_path):
     with pytest.raises(ValueError, match="cannot load encoder"):
         encode_file("runs:/0123456789abcdef/encoder", two, out, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eg.h5", "notes.h5"]
+
+
+def test_an_output_that_is_the_input_is_refused_however_spelled(pretrained, jets_file, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mae_tracker.cli import main
+    from mae_tracker.data.jetfile import file_digest
+
+    source = tmp_path / "jets.h5"
+    shutil.copy(jets_file, source)
+    digest = file_digest(source)
+    (tmp_path / "link.h5").symlink_to(source)
+    os.link(source, tmp_path / "hard.h5")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    spellings = (source, Path("../jets.h5"), tmp_path / "link.h5", tmp_path / "hard.h5", tmp_path / "sub/../jets.h5")
+    for out in spellings:
+        with pytest.raises(ValueError, match="is the input file") as err:
+            encode_file(pretrained["encoder_uri"], source, out, progress=False)
+        assert "\n" not in str(err.value)
+    result = CliRunner().invoke(main, ["encode", pretrained["encoder_uri"], "../jets.h5",
+                                       "--out", str(tmp_path / "link.h5"), "--no-progress"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "is the input file" in result.output and "--out" in result.output
+    assert file_digest(source) == digest  # the jets are untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.h5", "jets.h5", "link.h5", "sub"]
+    assert list((tmp_path / "sub").iterdir()) == []
 
 
 def test_interrupted_encode_leaves_no_file(pretrained, jets_file, tmp_path, monkeypatch):

@@ -24,7 +24,8 @@ def test_delong_interval_matches_sklearn_and_the_bootstrap():
     assert interval.auc == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert (interval.n_signal, interval.n_background) == (int(labels.sum()), int((1 - labels).sum()))
     rng = np.random.default_rng(1)
-    boot = [roc_auc_score(labels[i], scores[i]) for i in (rng.integers(0, len(labels), len(labels)) for _ in range(400))]
+    draws = (rng.integers(0, len(labels), len(labels)) for _ in range(400))
+    boot = [roc_auc_score(labels[i], scores[i]) for i in draws]
     assert interval.se == pytest.approx(np.std(boot), rel=0.15)  # measured: 0.0263 vs 0.0270
     assert interval.low == pytest.approx(interval.auc - Z95 * interval.se)
     assert interval.high == pytest.approx(interval.auc + Z95 * interval.se)

@@ -187,8 +187,9 @@ def test_a_chance_level_probe_is_warned_about_and_never_registered(pretrained, j
     shutil.copy(jets_file, shuffled)
     with h5py.File(shuffled, "r+") as h5:
         h5["y"][...] = np.random.default_rng(0).permutation(h5["y"][()])
-    result = train_classifier(DownstreamConfig.for_arm("probe", data=str(shuffled), encoder_uri=pretrained["encoder_uri"],
-                                                       **{**SMALL, "epochs": 2}), progress=False)
+    config = DownstreamConfig.for_arm("probe", data=str(shuffled), encoder_uri=pretrained["encoder_uri"],
+                                      **{**SMALL, "epochs": 2})
+    result = train_classifier(config, progress=False)
     run = mlflow.get_run(result["run_id"])
     low, high = run.data.metrics["best_val_auc_ci_low"], run.data.metrics["best_val_auc_ci_high"]
     assert low < 0.5 < high, (low, high)  # measured: 0.479 [0.364, 0.593]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from click.testing import CliRunner
 
 from label_efficiency_study import EXPERIMENT, pretrained, study
 from mae_tracker.report import build_report
@@ -163,6 +164,24 @@ def test_experiment_report_excludes_failed_runs_and_logs_to_a_report_run(le_stud
 def test_unknown_source_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="neither an MLflow experiment name nor a run id"):
         build_report("no-such-experiment", tmp_path, log_to_mlflow=False)
+
+
+def test_an_empty_experiment_is_one_line_and_nothing_is_written(tmp_path):
+    from mae_tracker.cli import main
+    from mae_tracker.train.tracking import ensure_experiment
+
+    experiment_id = ensure_experiment("test-report-empty")
+    client = mlflow.MlflowClient()
+    other = client.create_run(experiment_id, tags={"kind": "report"}).info.run_id  # not an arm run
+    client.set_terminated(other, "FINISHED")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", "test-report-empty", "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        "Error: experiment 'test-report-empty' holds no runs of the arms (pretrain, finetune, probe, scratch) or "
+        "baselines: nothing to report"]
+    assert not out.exists()
+    assert len(client.search_runs([experiment_id])) == 1  # no report run either
 
 
 def test_sweep_parent_report_reads_arm_runs_nested_under_trials(tmp_path):

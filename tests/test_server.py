@@ -59,6 +59,21 @@ def test_lean_server_with_the_database_url_out_of_argv(tmp_path):
     assert "database_uri = sqlite:////srv/auth.db" in ini and oct(Path(env["MLFLOW_AUTH_CONFIG_PATH"]).stat().st_mode)[-3:] == "600"
 
 
+def test_a_busy_port_is_said_in_one_line_before_anything_starts(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(server, ["--port", str(port), "--backend-store-uri",
+                                             f"sqlite:///{tmp_path}/mlflow.db"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        f"Error: port {port} on 127.0.0.1 is in use (another server listens there): choose another with --port"]
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was started
+
+
 def test_warnings_urls_and_masking():
     assert warnings_for(ServerSettings(host="127.0.0.1", backend_store_uri="sqlite:///x")) == []
     assert warnings_for(ServerSettings(host="localhost", backend_store_uri="sqlite:///x")) == []

@@ -46,10 +46,25 @@ def build_report(source: str, out_dir: Path, *, log_to_mlflow: bool = True) -> R
     client = mlflow.MlflowClient()
     src = collect.resolve_source(client, source)
     frame = collect.runs_frame(collect.source_runs(client, src))
+    if frame.empty:  # before anything is written: no folder, no files, no report run
+        what = _what(src).replace("`", "'")
+        raise ValueError(f"{what} holds no runs of the arms (pretrain, finetune, probe, scratch) or baselines: "
+                         "nothing to report")
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    try:
+        return _write(client, src, source, frame, out_dir, log_to_mlflow)
+    except BaseException:
+        if created:  # nothing half-written is left behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _write(client: mlflow.MlflowClient, src: collect.Source, source: str, frame: pd.DataFrame, out_dir: Path,
+           log_to_mlflow: bool) -> ReportPaths:
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    finished = frame[frame.status == "FINISHED"] if not frame.empty else frame
+    finished = frame[frame.status == "FINISHED"]
 
     blocks: list[Block] = [Heading(f"mae-tracker report: {src.name}", 1), Paragraph(_preamble(src, frame))]
     for arm, title in (("probe", "Linear probing"), ("finetune", "Fine-tuning"), ("scratch", "Scratch (no pretraining)")):
@@ -89,10 +104,14 @@ def _int(value: object) -> str:
         return "—"
 
 
-def _preamble(src: collect.Source, frame: pd.DataFrame) -> str:
-    what = {"experiment": f"experiment `{src.name}`", "sweep": f"sweep parent run `{src.parent_run_id}`",
+def _what(src: collect.Source) -> str:
+    return {"experiment": f"experiment `{src.name}`", "sweep": f"sweep parent run `{src.parent_run_id}`",
             "label-efficiency": f"label-efficiency parent run `{src.parent_run_id}`",
             "parent": f"parent run `{src.parent_run_id}`"}[src.kind]
+
+
+def _preamble(src: collect.Source, frame: pd.DataFrame) -> str:
+    what = _what(src)
     uri = re.sub(r"//[^/@]*@", "//***@", mlflow.get_tracking_uri())  # no passwords in reports
     n_ok = int((frame.status == "FINISHED").sum()) if not frame.empty else 0
     return (f"Source: {what} in `{uri}`, read {datetime.datetime.now().isoformat(timespec='seconds')}. "

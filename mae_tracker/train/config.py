@@ -20,7 +20,9 @@ REFERENCE_PIXEL_OPTIONS = {"pixel_transform": "none", "pixel_scaling": "sample-m
 class CommonConfig:
     """Fields shared by every arm, so that runs are comparable run for run."""
 
-    data: str = field(default="", metadata={"help": "Jet-image HDF5 file; empty = the default generated dataset."})
+    data: str = field(default="", metadata={
+        "help": "Jet-image HDF5 file; empty = the file the --encoder-uri encoder was pretrained on (checked by "
+                "its sha256), else the default generated dataset."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the pretrain/train/val/test split."})
     pretrain_fraction: float = 0.5
     train_fraction: float = 0.3

@@ -33,14 +33,9 @@ def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
     Every arm calls this with the same split fields, so pretraining never sees the
     validation or test jets that the downstream arms are scored on.
     """
-    if config.data:
-        path = Path(config.data)
-    else:  # imported here: reading real files needs no Pythia
-        from mae_tracker.data.default import default_dataset
-
-        path = default_dataset(progress=progress)
+    path, digest = data_file(config, progress=progress)
     info = open_jet_file(path, check_values=False)  # structure and labels: cheap
-    digest = file_digest(path)
+    digest = digest or file_digest(path)
     reader: JetImageReader | SparseJetImages = JetImageReader(info)
     if getattr(config, "sparse_copy", False):
         # Building the copy reads every pixel (DataError on NaN/inf): it is the values scan too.
@@ -51,6 +46,64 @@ def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
                  "val": config.val_fraction, "test": config.test_fraction}
     splits = make_splits(info.n_jets, fractions, seed=config.split_seed)
     return RunData(path=path, info=info, reader=reader, splits=splits, digest=digest)
+
+
+def data_file(config: CommonConfig, progress: bool = True) -> tuple[Path, str]:
+    """The file a run reads, and its sha256 when already known ('' otherwise).
+
+    ``--data`` when given. Else a downstream arm with ``--encoder-uri`` reads the file the encoder
+    was pretrained on (if it is still there with the digest the encoder records: else an error
+    asking for ``--data``), and any other run the default generated dataset.
+    """
+    if config.data:
+        return Path(config.data), ""
+    encoder_uri = getattr(config, "encoder_uri", "")
+    if encoder_uri:
+        return encoder_data_file(encoder_uri)
+    from mae_tracker.data.default import default_dataset  # imported here: reading real files needs no Pythia
+
+    return default_dataset(progress=progress), ""
+
+
+def encoder_data_file(encoder_uri: str) -> tuple[Path, str]:
+    """(path, sha256) of the data file ``encoder_uri`` was pretrained on: the model metadata's
+    ``data_path`` (else its pretrain run's ``data_path`` tag), checked against its ``data_sha256``.
+    ValueError (one line, asking for ``--data``) when it is not readable here as it was."""
+    import mlflow
+
+    from mae_tracker.train.tracking import configure_tracking
+
+    configure_tracking()
+    try:
+        metadata = dict(mlflow.models.get_model_info(encoder_uri).metadata or {})
+    except Exception as err:  # MLflow raises several types for a bad URI
+        raise ValueError(f"cannot load encoder {encoder_uri!r}: {str(err).splitlines()[0]}") from err
+    digest, run_id = str(metadata.get("data_sha256", "")), str(metadata.get("pretrain_run_id", ""))
+    if not digest:
+        raise ValueError(f"encoder {encoder_uri} records no data digest, so its data file cannot be checked; "
+                         "give the file with --data")
+    recorded = str(metadata.get("data_path", ""))  # models logged before it: their pretrain run's tag
+    if not recorded and run_id:
+        try:
+            recorded = mlflow.MlflowClient().get_run(run_id).data.tags.get("data_path", "")
+        except Exception:  # a registered model from another store: its run is not here
+            recorded = ""
+    if not recorded:
+        raise ValueError(f"encoder {encoder_uri} does not say where its data file (sha256 {digest[:12]}) is "
+                         f"(pretrain run {run_id or '?'} not found here); give the file with --data")
+    path = Path(recorded)
+    try:
+        found = file_digest(path) if path.is_file() else ""
+    except OSError as err:
+        raise ValueError(f"encoder {encoder_uri} was pretrained on {path}, which cannot be read here "
+                         f"({err.strerror or err}); give the file with --data") from None
+    if not found:
+        raise ValueError(f"encoder {encoder_uri} was pretrained on {path}, which is not here; "
+                         "give the file with --data")
+    if found != digest:
+        raise ValueError(f"encoder {encoder_uri} was pretrained on {path} (sha256 {digest[:12]}), which has "
+                         f"changed since (sha256 {found[:12]}); give the file with --data")
+    return path, digest
 
 
 def sparse_copies_root() -> Path:
