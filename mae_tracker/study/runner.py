@@ -24,9 +24,11 @@ from typing import Any, Callable, Iterator
 import mlflow
 import pandas as pd
 
+from mae_tracker.signals import sigterm_as_exit
 from mae_tracker.study import results
 from mae_tracker.study.spec import StudySpec, load_study_spec
-from mae_tracker.sweep.parent import closing
+from mae_tracker.sweep.binding import DIGEST_ATTR, SPLIT_ATTR, DataBinding, mismatch, split_text
+from mae_tracker.sweep.parent import closing, reopen
 from mae_tracker.train import tracking
 
 KIND = "study"
@@ -52,9 +54,15 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, worke
     tracking.configure_tracking()
     client = mlflow.MlflowClient()
     data_path = _data(spec, workers, progress, echo)
-    parent_id = _open_parent(client, spec, data_path)
+    data = _binding(spec, data_path)
+    # Refused before anything is written: a study (and its sweep) continues on its own data only.
+    earlier = _earlier_parent(client, spec, data)
+    from mae_tracker.sweep.runner import check_continuable
+
+    check_continuable(spec.sweep, data)
+    parent_id = _open_parent(client, spec, data, earlier)
     echo(f"study {spec.name}: parent run {parent_id} in experiment {spec.experiment}; data {data_path}")
-    with closing(parent_id):
+    with sigterm_as_exit(), closing(parent_id):  # SIGTERM ends the parent KILLED, as Ctrl-C does
         sweep = _sweep(client, spec, data_path, parent_id, progress, echo)
         with _active(client, parent_id):
             pretrained = _pretrain(client, spec, sweep, data_path, parent_id, progress, echo)
@@ -169,20 +177,52 @@ def _report(client: mlflow.MlflowClient, spec: StudySpec, parent_id: str, effici
 
 # --- the study's parent run ------------------------------------------------------------------
 
-def _open_parent(client: mlflow.MlflowClient, spec: StudySpec, data_path: Path) -> str:
-    """The study's parent run: found by name in the experiment (rerun = resume), else created."""
-    experiment_id = tracking.ensure_experiment(spec.experiment)
-    found = client.search_runs([experiment_id], f"tags.{STUDY_TAG} = '{spec.name}'", max_results=1,
+def _binding(spec: StudySpec, data_path: Path) -> DataBinding:
+    """The study's data as the sweep binds it: file content and the sweep's split."""
+    from mae_tracker.data.jetfile import file_digest
+    from mae_tracker.train.config import PretrainConfig
+
+    return DataBinding(str(data_path.resolve()), file_digest(data_path),
+                       split_text(PretrainConfig(**spec.sweep.fixed).to_dict()))
+
+
+def _earlier_parent(client: mlflow.MlflowClient, spec: StudySpec, data: DataBinding) -> str | None:
+    """The parent run of this study from an earlier call (found by name), if it was made on the
+    same data and split; ValueError (one line) if it was made on other data."""
+    experiment = client.get_experiment_by_name(spec.experiment)
+    if experiment is None:
+        return None
+    found = client.search_runs([experiment.experiment_id], f"tags.{STUDY_TAG} = '{spec.name}'", max_results=1,
                                order_by=["attributes.start_time DESC"])
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return run_id
+    if not found:
+        return None
+    run = found[0]
+    tags, params = run.data.tags, run.data.params
+    bound = DataBinding(params.get("data", "?"), tags.get(DIGEST_ATTR, "?"), tags.get(SPLIT_ATTR, data.split))
+    if DIGEST_ATTR not in tags and bound.path == data.path:
+        return run.info.run_id  # a parent from before the binding knows only its path: the same
+    if bound.differs_from(data):
+        raise ValueError(f"{spec.path}: " + mismatch(
+            f"study {spec.name!r} (parent run {run.info.run_id})", bound, data,
+            f"give {spec.path.name} another `name:` to start a new study for this data (and "
+            f"{spec.sweep.path.name} another `name:` if its sweep ran on the other data too)"))
+    return run.info.run_id
+
+
+def _open_parent(client: mlflow.MlflowClient, spec: StudySpec, data: DataBinding, earlier: str | None) -> str:
+    """The study's parent run: the earlier one (rerun = resume), else created."""
+    experiment_id = tracking.ensure_experiment(spec.experiment)
+    if earlier is not None:
+        reopen(client, earlier)
+        for key, value in ((DIGEST_ATTR, data.digest), (SPLIT_ATTR, data.split)):
+            client.set_tag(earlier, key, value)
+        return earlier
     run = client.create_run(experiment_id, run_name=spec.name,
-                            tags={STUDY_TAG: spec.name, "kind": KIND, "arm": KIND,
+                            tags={STUDY_TAG: spec.name, "kind": KIND, "arm": KIND, DIGEST_ATTR: data.digest,
+                                  SPLIT_ATTR: data.split,
                                   "mlflow.note.content": spec.description or f"study {spec.name}"})
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in {
-        "data": str(data_path), "sweep": spec.sweep.name, "arms": ",".join(spec.arms),
+        "data": data.path, "sweep": spec.sweep.name, "arms": ",".join(spec.arms),
         "baselines": ",".join(spec.baselines), "fractions": ",".join(f"{f:g}" for f in spec.fractions),
         "seeds": ",".join(str(s) for s in spec.seeds)}.items()])
     with tempfile.TemporaryDirectory() as tmp:

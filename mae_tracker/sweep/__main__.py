@@ -13,8 +13,9 @@ from mae_tracker.cli_errors import clean_errors
 @click.command(name="sweep")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--storage", default=None, metavar="URL",
-              help="Optuna storage (any SQLAlchemy URL). Default: $MAE_TRACKER_OPTUNA_STORAGE, "
-                   "else optuna.db beside the MLflow store.")
+              help="Optuna storage (any SQLAlchemy URL). Default: $MAE_TRACKER_OPTUNA_STORAGE, else the "
+                   "tracking store's own: optuna.db beside a SQLite store, or for a server a file in the "
+                   "cache keyed by its URI.")
 @click.option("--study-name", default=None, help="Study name; default: the YAML's `name` (or its file name).")
 @click.option("--n-trials", type=int, default=None,
               help="Finished (complete + pruned) trials to reach; default: the YAML's n_trials.")
@@ -22,7 +23,8 @@ from mae_tracker.cli_errors import clean_errors
               help="Worker processes on the same study, each with cores // N torch threads.")
 @click.option("--worker", is_flag=True,
               help="Only run trials of a sweep already started (another machine joining the study).")
-@click.option("--data", default=None, help="Jet-image HDF5 file for every trial (overrides the YAML).")
+@click.option("--data", default=None, help="Jet-image HDF5 file for every trial (overrides the YAML); a "
+              "study keeps the file and split of its first trial.")
 @click.option("--progress/--no-progress", default=None,
               help="Per-epoch progress bars of the arms; default: on in a terminal with one worker. "
                    "One line per finished trial is always printed.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ import mlflow
 import optuna
 from mlflow.entities import Metric
 
+from mae_tracker.signals import Terminated, sigterm_received, without_frames
 from mae_tracker.sweep import ranks
+from mae_tracker.sweep.sampling import SEED_ATTR, trial_seed
 from mae_tracker.sweep.spec import FROM_PRETRAIN, SweepSpec
 from mae_tracker.train.config import DownstreamConfig, PretrainConfig
 
@@ -67,15 +70,18 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         spec, ctx = self.ctx.spec, self.ctx
         _check_not_surplus(trial, spec.n_trials)
+        # The seed its parameters were drawn with (sampling.py): differs for every trial.
+        trial.set_user_attr(SEED_ATTR, trial_seed(spec.seed, trial.number))
         params = {name: p.suggest(trial) for name, p in spec.parameters.items()}
         run = mlflow.start_run(
             run_name=f"trial-{trial.number}", experiment_id=ctx.experiment_id, parent_run_id=ctx.parent_run_id,
             tags={"optuna_study": spec.name, "optuna_trial": str(trial.number), "optuna_state": "RUNNING",
                   "sweep_objective": spec.objective, "worker": f"{socket.gethostname()}:{os.getpid()}"})
         run_id = run.info.run_id
-        # Recorded first, so whoever finds this trial stale (another worker) can close its run.
-        trial.set_user_attr("mlflow_run_id", run_id)
+        stopped = False
         try:
+            # Recorded first, so whoever finds this trial stale (another worker) can close its run.
+            trial.set_user_attr("mlflow_run_id", run_id)
             mlflow.log_params(params)
             value = self._run(trial, params, run_id)
         except optuna.TrialPruned as pruned:
@@ -86,8 +92,18 @@ class Objective:
             _end(run_id, "KILLED", "FAIL", "interrupted (Ctrl-C); rerun the sweep to continue")
             raise
         except BaseException as err:
-            _end(run_id, "FAILED", "FAIL", f"{type(err).__name__}: {err}")
-            raise
+            # SIGTERM, or an error its cleanup raised on the way up (an arm's run could not be closed)
+            stopped = isinstance(err, Terminated) or sigterm_received()
+            if not stopped:
+                _end(run_id, "FAILED", "FAIL", f"{type(err).__name__}: {err}")
+                raise
+            without_frames(err)
+        if stopped:  # closed here, outside the except block (see signals.without_frames)
+            try:
+                _end(run_id, "KILLED", "FAIL", "stopped by SIGTERM; rerun the sweep to continue")
+            except Exception as err:  # stop anyway; the trial is failed by the runner all the same
+                print(f"warning: could not close the runs of trial {trial.number} ({err})", flush=True)
+            raise Terminated(128 + signal.SIGTERM)  # Optuna tells no end for SystemExit: the runner does
         mlflow.log_metric(spec.metric, value)
         _end(run_id, "FINISHED", "COMPLETE")
         return value

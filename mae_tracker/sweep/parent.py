@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
 import mlflow
 import optuna
 
+from mae_tracker.signals import Terminated, sigterm_received
 from mae_tracker.sweep.spec import ParamSpec, SweepSpec
 from mae_tracker.sweep.storage import mask_password
 from mae_tracker.train import tracking
@@ -21,21 +24,56 @@ STUDY_TAG = "sweep_study"
 
 def find_parent(study: optuna.Study) -> str:
     """The parent run id recorded in the study (worker mode)."""
-    run_id = study.user_attrs.get(PARENT_ATTR)
+    run_id = parent_here(study)
     if not run_id:
         raise ValueError(f"study {study.study_name!r} has no MLflow parent run; start the sweep without --worker")
-    try:
-        mlflow.MlflowClient().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise ValueError(f"the sweep's parent run {run_id} is not in the MLflow store {mlflow.get_tracking_uri()}; "
-                         "point MLFLOW_TRACKING_URI at the store the sweep was started with") from None
     return run_id
 
 
+def parent_here(study: optuna.Study) -> str | None:
+    """The study's parent run id, checked to be in the current tracking store (None: the study
+    has none yet). A study whose parent is elsewhere has its trials' runs elsewhere too:
+    continuing it here would train nothing it can report and would rank runs no one can open."""
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if not run_id:
+        return None
+    why = ""
+    try:
+        if mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage != "active":
+            why = "was deleted from"
+    except mlflow.exceptions.MlflowException:
+        why = "is not in"
+    if why:
+        raise ValueError(f"study {study.study_name!r} belongs to MLflow parent run {run_id}, which {why} the "
+                         f"tracking store {mlflow.get_tracking_uri()}: its trials' runs live elsewhere. Point "
+                         "MLFLOW_TRACKING_URI at the store the sweep was started with, or start a new study "
+                         "(--study-name, or another --storage)")
+    return run_id
+
+
+def wait_for_parent(study: optuna.Study, timeout: float) -> str | None:
+    """The parent run id of a study another process has just created (it records the parent a
+    moment after the study); None if none appears within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run_id = parent_here(study)
+        if run_id or time.monotonic() >= deadline:
+            return run_id
+        time.sleep(0.5)  # study.user_attrs reads the storage each time
+
+
+def reopen(client: mlflow.MlflowClient, run_id: str) -> None:
+    """Mark a continued parent run RUNNING; why it stopped last time no longer holds."""
+    client.update_run(run_id, status="RUNNING")
+    if "end_reason" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "end_reason")
+
+
 def open_parent(study: optuna.Study, spec: SweepSpec, storage_url: str) -> str:
-    """Reuse the study's parent run (rerun = resume) or create it; mark it RUNNING."""
+    """Reuse the study's parent run (rerun = resume) or create it; mark it RUNNING. Call
+    :func:`parent_here` first: a recorded parent must be in this tracking store."""
     client = mlflow.MlflowClient()
-    run_id = _existing(client, study, spec)
+    run_id = study.user_attrs.get(PARENT_ATTR) or _by_tag(client, study, spec)
     masked = mask_password(storage_url)
     # `mlflow run . -e sweep` created a run before we started. Taken out of the environment here,
     # or mlflow.start_run() would resume it as the first trial's run.
@@ -52,7 +90,7 @@ def open_parent(study: optuna.Study, spec: SweepSpec, storage_url: str) -> str:
                                        tags={STUDY_TAG: spec.name, "sweep_storage": masked, "arm": "sweep"}).info.run_id
         study.set_user_attr(PARENT_ATTR, run_id)
     else:
-        client.update_run(run_id, status="RUNNING")
+        reopen(client, run_id)
         if launcher and launcher != run_id:  # a continued sweep: say where its trials are
             client.set_tag(launcher, "sweep_parent_run_id", run_id)
             client.set_tag(launcher, "mlflow.note.content", f"continues sweep {spec.name}: see parent run {run_id}")
@@ -76,14 +114,9 @@ def open_parent(study: optuna.Study, spec: SweepSpec, storage_url: str) -> str:
     return run_id
 
 
-def _existing(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSpec) -> str | None:
-    run_id = study.user_attrs.get(PARENT_ATTR)
-    if run_id:
-        try:
-            if client.get_run(run_id).info.lifecycle_stage == "active":
-                return run_id
-        except mlflow.exceptions.MlflowException:
-            pass  # another MLflow store than last time: look by tag, else start a new parent
+def _by_tag(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSpec) -> str | None:
+    """A study without a recorded parent (its creator stopped before recording it): the latest
+    active parent run of the same name in this store, recorded now."""
     experiment = client.get_experiment_by_name(spec.experiment)
     if experiment is None:
         return None
@@ -97,20 +130,27 @@ def _existing(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSpec)
 
 @contextlib.contextmanager
 def closing(run_id: str) -> Iterator[None]:
-    """End the parent run honestly: FINISHED, KILLED on Ctrl-C (rerun continues), FAILED on error."""
+    """End the parent run honestly: FINISHED, KILLED on Ctrl-C or SIGTERM (rerun continues), FAILED
+    on error."""
     client = mlflow.MlflowClient()
+    stopped: BaseException | None = None
     try:
         yield
-    except KeyboardInterrupt:
-        client.set_tag(run_id, "end_reason", "interrupted (Ctrl-C); rerun the same command to continue")
-        client.set_terminated(run_id, status="KILLED")
-        raise
+    except (KeyboardInterrupt, Terminated) as err:
+        stopped = err
     except BaseException as err:
-        client.set_tag(run_id, "end_reason", f"{type(err).__name__}: {err}"[:4000])
-        client.set_terminated(run_id, status="FAILED")
-        raise
+        if not sigterm_received():
+            client.set_tag(run_id, "end_reason", f"{type(err).__name__}: {err}"[:4000])
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        stopped = Terminated(128 + signal.SIGTERM)  # what a cleanup on the way up made of the signal
     else:
         client.set_terminated(run_id, status="FINISHED")
+        return
+    how = "interrupted (Ctrl-C)" if isinstance(stopped, KeyboardInterrupt) else "stopped by SIGTERM"
+    client.set_tag(run_id, "end_reason", f"{how}; rerun the same command to continue")
+    client.set_terminated(run_id, status="KILLED")
+    raise stopped
 
 
 def _pruner_text(spec: SweepSpec) -> str:

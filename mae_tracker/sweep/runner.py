@@ -20,14 +20,17 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
+from mae_tracker.signals import Terminated, sigterm_as_exit, sigterm_received, without_frames
+from mae_tracker.sweep import binding, ranks
 from mae_tracker.sweep import parent as parent_run
-from mae_tracker.sweep import ranks
 from mae_tracker.sweep.objective import Objective, TrialContext
+from mae_tracker.sweep.sampling import PerTrialSeedSampler, make_pruner
 from mae_tracker.sweep.spec import SweepSpec, load_spec
 from mae_tracker.sweep.storage import STORAGE_ENV, make_storage, mask_password, resolve_storage_url, sqlite_path
 from mae_tracker.train import distributed, tracking
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PARENT_WAIT_S = 30  # how long a process that did not create a new study waits for its parent run
 Echo = Callable[[str], None]
 
 
@@ -42,8 +45,10 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
     """Run (or continue) the sweep described by the YAML at ``spec_path``.
 
     The YAML is validated before anything is written. The study (``storage``, else
-    $MAE_TRACKER_OPTUNA_STORAGE, else optuna.db beside the MLflow store) and one MLflow parent
-    run are created or reused, then trials run until ``n_trials`` of them finished (COMPLETE or
+    $MAE_TRACKER_OPTUNA_STORAGE, else the tracking store's own: optuna.db beside a SQLite store,
+    a file keyed by the URI of a server) and one MLflow parent run are created or reused; a
+    study made on other data or another split, or whose parent run is not in this tracking
+    store, is refused first. Then trials run until ``n_trials`` of them finished (COMPLETE or
     PRUNED) - in this process, or in ``n_workers`` worker processes sharing the CPU cores. At
     the end the parent run gets the best trial, figures and trials.csv, and the best encoder is
     promoted if the YAML says ``promote: true``. ``worker=True`` only runs trials of an existing
@@ -75,40 +80,83 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
     tracking_uri = tracking.configure_tracking()
     url = resolve_storage_url(storage, tracking_uri)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours to print
+    # SIGTERM (a scheduler's time limit, `kill`) unwinds like Ctrl-C: the trial ends FAIL at
+    # once, its runs and the parent KILLED.
+    with sigterm_as_exit():
+        if worker:
+            path = sqlite_path(url)
+            if path is not None and not path.exists():  # do not create an empty database by asking
+                raise ValueError(f"no Optuna storage at {path}; start the sweep without --worker first")
+            data = _check_data(spec, progress)
+            storage_obj = _storage(spec, url)
+            study = _load_study(spec, url, storage_obj)
+            binding.check_same_data(study, data, str(spec.path), mask_password(url))
+            parent_id = parent_run.find_parent(study)
+            run_trials(study, storage_obj, spec, parent_id, worker_index=worker_index, num_threads=num_threads,
+                       progress=progress, pruner=pruner, echo=echo)
+            return summarize(study, spec, url, parent_id)
 
-    if worker:
-        path = sqlite_path(url)
-        if path is not None and not path.exists():  # do not create an empty database by asking
-            raise ValueError(f"no Optuna storage at {path}; start the sweep without --worker first")
+        # The data is checked (and the default dataset generated) before the study exists: a
+        # missing file must not turn into n_trials failed trials, nor N workers generating it.
+        data = _check_data(spec, progress)
         storage_obj = _storage(spec, url)
-        study = _load_study(spec, url, storage_obj)
-        parent_id = parent_run.find_parent(study)
-        run_trials(study, storage_obj, spec, parent_id, worker_index=worker_index, num_threads=num_threads,
-                   progress=progress, pruner=pruner, echo=echo)
-        return summarize(study, spec, url, parent_id)
+        study, created = _open_study(spec, url, storage_obj, data)
+        parent_id = parent_run.open_parent(study, spec, url)
+        echo(f"sweep {spec.name}: {spec.n_trials} trials ({spec.method}, pruner {spec.pruner}, objective "
+             f"{spec.objective}) in {mask_password(url)}; MLflow parent run {parent_id}")
+        with ranks.leading(), parent_run.closing(parent_id):
+            if n_workers > 1:
+                _spawn_workers(spec, url, n_workers, progress)
+            # Alone, or after the workers: finish what is left (trials of workers that died, or
+            # still running on other machines), so the report below covers the whole study.
+            run_trials(study, storage_obj, spec, parent_id, num_threads=num_threads, progress=progress,
+                       pruner=pruner, wait=True, echo=echo)
+            from mae_tracker.sweep.report import finish
 
-    # The data is checked (and the default dataset generated) before the study exists: a
-    # missing file must not turn into n_trials failed trials, nor N workers generating it.
-    _check_data(spec, progress)
-    storage_obj = _storage(spec, url)
-    study = optuna.create_study(study_name=spec.name, storage=storage_obj, load_if_exists=True,
-                                direction=spec.goal)
+            return finish(study, spec, url, parent_id, echo=echo)
+
+
+def _open_study(spec: SweepSpec, url: str, storage: optuna.storages.BaseStorage,
+                data: binding.DataBinding) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it and check it may be continued here, before anything is
+    written: same direction, same data and split, its parent run in this tracking store.
+
+    Creation is atomic in the storage: of several processes started together on a new study,
+    exactly one creates it (and binds the data, then records the parent run); the others load
+    it and wait for the parent, so all share one parent run."""
+    try:
+        study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.goal)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+    else:
+        binding.bind(study, data)
+        return study, True
     if study.direction.name.lower() != spec.goal:
         raise ValueError(f"study {spec.name!r} in {mask_password(url)} {study.direction.name.lower()}s; "
                          f"the YAML says {spec.goal} (use another name)")
-    parent_id = parent_run.open_parent(study, spec, url)
-    echo(f"sweep {spec.name}: {spec.n_trials} trials ({spec.method}, pruner {spec.pruner}, objective "
-         f"{spec.objective}) in {mask_password(url)}; MLflow parent run {parent_id}")
-    with ranks.leading(), parent_run.closing(parent_id):
-        if n_workers > 1:
-            _spawn_workers(spec, url, n_workers, progress)
-        # Alone, or after the workers: finish what is left (trials of workers that died, or
-        # still running on other machines), so the report below covers the whole study.
-        run_trials(study, storage_obj, spec, parent_id, num_threads=num_threads, progress=progress,
-                   pruner=pruner, wait=True, echo=echo)
-        from mae_tracker.sweep.report import finish
+    # parent_here refuses a study whose parent run is in another tracking store.
+    if parent_run.parent_here(study) is None and not study.get_trials(deepcopy=False):
+        parent_run.wait_for_parent(study, timeout=PARENT_WAIT_S)  # its creator is recording it
+    bound = binding.check_same_data(study, data, str(spec.path), mask_password(url))
+    if bound is None:  # made by a version that did not bind, or its creator stopped early
+        binding.bind(study, data)
+    return study, False
 
-        return finish(study, spec, url, parent_id, echo=echo)
+
+def check_continuable(spec: SweepSpec, data: binding.DataBinding, storage: str | None = None) -> None:
+    """Raise ValueError where :func:`run_sweep` would refuse to continue the sweep's study (made
+    on other data or another split, or its parent run in another tracking store); writes
+    nothing. For callers that write something of their own before the sweep (the study)."""
+    url = resolve_storage_url(storage, tracking.configure_tracking())
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=_storage(spec, url))
+    except KeyError:
+        return
+    parent_run.parent_here(study)
+    binding.check_same_data(study, data, str(spec.path), mask_password(url))
 
 
 def _storage(spec: SweepSpec, url: str) -> optuna.storages.RDBStorage:
@@ -124,33 +172,18 @@ def _load_study(spec: SweepSpec, url: str, storage: optuna.storages.BaseStorage)
                          ) from None
 
 
-def _check_data(spec: SweepSpec, progress: bool) -> None:
+def _check_data(spec: SweepSpec, progress: bool) -> binding.DataBinding:
+    """Validate the trials' data file (DataError on a bad one) and say what it is."""
     from mae_tracker.train.config import PretrainConfig
     from mae_tracker.train.data import prepare_data
 
     data = spec.fixed.get("data")
     if data and not Path(data).is_file():
         raise FileNotFoundError(f"{spec.path}: fixed.data: no such file {data!r}")
-    prepare_data(PretrainConfig(**spec.fixed), progress=progress)  # DataError on a bad file
-
-
-def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
-    if spec.method == "grid":
-        return optuna.samplers.GridSampler(spec.grid, seed=seed)
-    if spec.method == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
-
-
-def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    options = dict(spec.pruner_options)
-    if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(**{"n_startup_trials": 5, "n_warmup_steps": 2, **options})
-    if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(**{"min_resource": 1, **options})
-    if spec.pruner == "threshold":
-        return optuna.pruners.ThresholdPruner(**options)
-    return optuna.pruners.NopPruner()
+    config = PretrainConfig(**spec.fixed)
+    prepared = prepare_data(config, progress=progress)
+    return binding.DataBinding(str(Path(prepared.path).resolve()), prepared.digest,
+                               binding.split_text(config.to_dict()))
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
@@ -160,9 +193,9 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return states
 
 
-def _remaining(study: optuna.Study, spec: SweepSpec, sampler: optuna.samplers.BaseSampler) -> int:
+def _remaining(study: optuna.Study, spec: SweepSpec, sampler: PerTrialSeedSampler) -> int:
     """Trials still to start: running ones (other workers) will finish and count."""
-    if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+    if sampler.is_exhausted(study):
         return 0
     started = len(study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,)))
     return spec.n_trials - started
@@ -177,12 +210,9 @@ def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, spec: 
 
     With ``wait``, also wait for trials running elsewhere: a live worker's trial finishes and
     is reported; a dead one's heartbeat goes stale, it is failed, and its retry runs here.
+    Each trial draws with its own seed (sampling.py), whichever worker runs it.
     """
-    # A fresh process with the YAML's seed would draw the same parameters as the trials
-    # already in the study (resume) or as the other workers; offset by both. A one-process
-    # sweep from scratch still uses exactly the YAML's seed.
-    seed = spec.seed + len(study.get_trials(deepcopy=False)) + 1000 * worker_index
-    sampler = make_sampler(spec, seed)
+    sampler = PerTrialSeedSampler(spec)
     study = optuna.load_study(study_name=study.study_name, storage=storage, sampler=sampler,
                               pruner=pruner or make_pruner(spec))
     # Trials live where their parent lives (under `mlflow run`, the launcher's experiment).
@@ -209,8 +239,28 @@ def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, spec: 
         if failures >= spec.n_trials:
             echo(f"sweep {spec.name}: stopping this worker after {failures} failed trials")
             return
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[on_finish])
+        stopped = False
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[on_finish])
+        except BaseException as err:
+            if not (isinstance(err, Terminated) or sigterm_received()):
+                raise
+            stopped = True
+            without_frames(err)
+        if stopped or sigterm_received():  # (Optuna catches what a cleanup made of the signal)
+            _fail_stopped_trial(study, sampler.last_trial)
+            raise Terminated(128 + signal.SIGTERM)
         failures += on_finish.last_failed
+
+
+def _fail_stopped_trial(study: optuna.Study, number: int | None) -> None:
+    """SIGTERM mid-trial: Optuna tells a trial's end only for errors and Ctrl-C, so this trial
+    would stay RUNNING until a later worker found its heartbeat stale. Fail it now."""
+    if number is None:
+        return
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is not None and trial.state == TrialState.RUNNING:
+        study.tell(number, state=TrialState.FAIL)
 
 
 class ProgressLine:
@@ -262,6 +312,13 @@ def _spawn_workers(spec: SweepSpec, url: str, n_workers: int, progress: bool) ->
     procs = [subprocess.Popen(base + ["--worker-index", str(i)], env=env) for i in range(n_workers)]
     try:
         codes = [proc.wait() for proc in procs]
+    except Terminated:  # sent to this process alone (a scheduler, `kill`): stop the workers too
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait()
+        raise
     except KeyboardInterrupt:
         # Ctrl-C in a terminal reaches the workers too (same process group); a SIGINT sent to
         # this process alone does not, so pass it on to any worker still going after a moment.
