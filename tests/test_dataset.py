@@ -176,17 +176,31 @@ def test_batches_loader_preprocessing_and_shuffle_over_files(three_files):
                                              for c in range(3)], rtol=1e-6)
 
 
-def test_shuffle_visits_blocks_in_windows(tmp_path):
-    path = write_cms_parquet(tmp_path / "big.parquet", jet_images(300), row_group_size=100)
-    ds = open_dataset(path, block_bytes=10 * 4 * 3 * 12 * 12, cache_bytes=80 * 4 * 3 * 12 * 12)  # blocks of 10
+def test_shuffle_streams_each_row_group_once_in_windows(tmp_path, monkeypatch):
+    images = jet_images(300)
+    path = write_cms_parquet(tmp_path / "big.parquet", images, row_group_size=100)
+    jet_bytes = 4 * 3 * 12 * 12
+    ds = open_dataset(path, block_bytes=10 * jet_bytes, cache_bytes=80 * jet_bytes)  # blocks of 10 jets
     order = ds.shuffled_order(np.arange(300), seed=0, epoch=0)
     assert sorted(order.tolist()) == list(range(300)) and not np.array_equal(order, np.arange(300))
     blocks = order // 10
-    windows = [set(blocks[i:i + 40].tolist()) for i in range(0, 300, 40)]  # window: 40 jets = 4 blocks
-    assert max(len(w) for w in windows) <= 5, "each window of jets draws on a few blocks only"
-    assert len(set(blocks[:40].tolist()) & set(blocks[-40:].tolist())) == 0
-    x, _ = ds.read(order[:50])
-    np.testing.assert_array_equal(x, open_dataset(path).read(order[:50])[0])
+    windows = [blocks[i:i + 40] for i in range(0, 300, 40)]  # windows of 40 jets = 4 blocks (half the cache)
+    assert max(len(set(w.tolist())) for w in windows) <= 5, "a window draws on a few blocks only"
+    window_of = {int(b): i // 40 for i, b in enumerate(blocks)}  # windows hold whole blocks
+    assert all(window_of[b] == i // 40 for i, b in enumerate(blocks.tolist()))
+    for group in range(3):  # row groups come one after another, each one's blocks in order
+        spans = [window_of[b] for b in range(10 * group, 10 * group + 10)]
+        assert spans == sorted(spans) and spans[-1] - spans[0] <= 3
+
+    import pyarrow.parquet as pq
+
+    streams = []
+    real = pq.ParquetFile.iter_batches
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches",
+                        lambda self, *a, **kw: streams.append(kw["columns"]) or real(self, *a, **kw))
+    got = np.concatenate([x.numpy() for x, _ in iterate_batches(ds, np.arange(300), 16, shuffle=True)])
+    np.testing.assert_array_equal(got, images[order])
+    assert streams.count(["X_jets"]) == 3, "each large row group is decoded front to back once per epoch"
 
 
 def test_one_hdf5_file_shuffles_exactly_as_before(tmp_path):

@@ -305,33 +305,39 @@ class JetDataset:
 
     # ----------------------------------------------------------------------- reading order
 
-    def block_ids(self, indices: np.ndarray) -> np.ndarray:
-        """A dataset-wide id of the unit of decoding (Parquet block, HDF5 chunk) of each jet."""
-        out = np.empty(len(indices), np.int64)
-        sizes = [self._n_blocks(f) for f in range(len(self.file_infos))]
-        offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    def storage_units(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per jet, dataset-wide ids of (its row group or HDF5 chunk: the unit read front to back,
+        its block: the unit decoded at once); block ids ascend within a unit."""
+        units, blocks = np.empty(len(indices), np.int64), np.empty(len(indices), np.int64)
+        n_units, n_blocks = [0], [0]
+        for f in range(len(self.file_infos)):
+            reader = self.reader(f)
+            if isinstance(reader, ParquetJetReader):
+                n_units.append(n_units[-1] + len(reader.group_starts) - 1)
+                n_blocks.append(n_blocks[-1] + reader.n_blocks)
+            else:
+                chunks = -(-self.file_infos[f].n_jets // self._chunk(f))
+                n_units.append(n_units[-1] + chunks)
+                n_blocks.append(n_blocks[-1] + chunks)
         for f, where, rows in self._by_file(np.asarray(indices, np.int64)):
             reader = self.reader(f)
-            local = reader.block_of(rows) if isinstance(reader, ParquetJetReader) else rows // self._chunk(f)
-            out[where] = offsets[f] + local
-        return out
+            if isinstance(reader, ParquetJetReader):
+                unit, block = reader.group_of(rows), reader.block_of(rows)
+            else:
+                unit = block = rows // self._chunk(f)
+            units[where], blocks[where] = n_units[f] + unit, n_blocks[f] + block
+        return units, blocks
 
     def _chunk(self, f: int) -> int:
         reader = self.reader(f)
         return max(1, reader.chunk_rows) if isinstance(reader, JetImageReader) else 1
 
-    def _n_blocks(self, f: int) -> int:
-        reader = self.reader(f)
-        if isinstance(reader, ParquetJetReader):
-            return reader.n_blocks
-        return -(-self.file_infos[f].n_jets // self._chunk(f))
-
     def max_block_rows(self) -> int:
-        """The most jets one unit of decoding holds, over all files (1: any order reads as fast)."""
+        """The most jets one row group or chunk holds, over all files (1: any order reads as fast)."""
         rows = []
         for f in range(len(self.file_infos)):
             reader = self.reader(f)
-            rows.append(int(np.diff(reader.block_starts).max()) if isinstance(reader, ParquetJetReader)
+            rows.append(int(np.diff(reader.group_starts).max()) if isinstance(reader, ParquetJetReader)
                         else self._chunk(f))
         return max(rows)
 
@@ -339,11 +345,12 @@ class JetDataset:
                        window_jets: int | None = None) -> np.ndarray:
         """One epoch's shuffled reading order of ``indices``, seeded by (seed, epoch).
 
-        Where every unit of decoding is one jet (HDF5 chunks of one jet, CMS Parquet with one
-        jet per row group), a plain permutation, the very order :func:`epoch_order` gives. Else
-        the blocks are visited in a shuffled order, and the jets of consecutive blocks are
-        shuffled together in windows of about ``window_jets`` (default: half the block cache), so
-        each block is decoded once per epoch and a batch mixes jets of several blocks.
+        Where every row group or chunk holds one jet (HDF5 chunks of one jet, CMS Parquet), a
+        plain permutation: the very order :func:`epoch_order` gives. Else row groups are visited
+        in a shuffled order, each one's blocks front to back (a large row group is then streamed
+        once per epoch), and the jets of consecutive blocks are shuffled together in windows of
+        about ``window_jets`` (default: half the block cache, so a window's blocks stay cached
+        while its batches are read). A batch then mixes the jets of a window's few row groups.
         """
         order = np.asarray(indices, dtype=np.int64).reshape(-1)
         rng = np.random.default_rng((seed, epoch))
@@ -351,13 +358,18 @@ class JetDataset:
             return order[rng.permutation(len(order))]
         if window_jets is None:
             window_jets = max(1, self.cache_bytes // (2 * 4 * int(np.prod(self.info.image_shape))))
-        unique, inverse = np.unique(self.block_ids(order), return_inverse=True)
-        rank = np.empty(len(unique), np.int64)
-        rank[rng.permutation(len(unique))] = np.arange(len(unique))
-        counts_by_rank = np.bincount(rank[inverse.reshape(-1)], minlength=len(unique))
-        window_of_rank = (np.cumsum(counts_by_rank) - counts_by_rank) // max(1, window_jets)
-        window = window_of_rank[rank[inverse.reshape(-1)]]
-        return order[np.lexsort((rng.random(len(order)), window))]
+        units, blocks = self.storage_units(order)
+        unique_units, unit_index = np.unique(units, return_inverse=True)
+        unit_rank = np.empty(len(unique_units), np.int64)
+        unit_rank[rng.permutation(len(unique_units))] = np.arange(len(unique_units))
+        unique_blocks, first, block_index = np.unique(blocks, return_index=True, return_inverse=True)
+        visit = np.lexsort((unique_blocks, unit_rank[unit_index.reshape(-1)[first]]))  # groups shuffled, blocks in order
+        block_rank = np.empty(len(unique_blocks), np.int64)
+        block_rank[visit] = np.arange(len(unique_blocks))
+        jets_rank = block_rank[block_index.reshape(-1)]
+        counts = np.bincount(jets_rank, minlength=len(unique_blocks))
+        window_of_rank = (np.cumsum(counts) - counts) // max(1, window_jets)  # whole blocks per window
+        return order[np.lexsort((rng.random(len(order)), window_of_rank[jets_rank]))]
 
     # ----------------------------------------------------------------------- lifecycle
 

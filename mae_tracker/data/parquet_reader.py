@@ -5,10 +5,15 @@ The unit of reading is a *block*: a row group, or a slice of
 sits in memory whole). Decoded blocks (float32, channels first) live in an LRU
 :class:`BlockCache` of ``cache_bytes``, shared by the readers of one dataset. Peak memory is
 about ``cache_bytes`` + 4 x ``block_bytes`` (Arrow's doubles while decoding) + the batch asked
-for, whatever the file size. Reads that hop between blocks decode a block per hop, so a shuffled
-epoch should visit blocks in a shuffled order and shuffle rows inside a window of blocks that
-fits the cache (:meth:`mae_tracker.data.dataset.JetDataset.shuffled_order`); with one jet per
-row group every order costs the same.
+for, whatever the file size.
+
+Access pattern. Reading a block costs the same whatever rows of it are wanted, and a large row
+group is streamed front to back (an open stream continues; asking for an earlier block starts
+it again). So a shuffled epoch should visit row groups in a shuffled order, each one's blocks in
+order, and shuffle the jets inside a window of blocks that fits the cache: that is
+:meth:`mae_tracker.data.dataset.JetDataset.shuffled_order`, which ``BatchIterator`` uses. With
+one jet per row group (the CMS files) every order costs the same, and the order is a plain
+permutation.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ DEFAULT_BLOCK_BYTES = 32 * 2**20  # decoded float32 per block of a large row gro
 # One image column decodes on one thread anyway; Arrow's pool threads only contend with torch's
 # (measured: ~2-5x slower reads with them once torch is imported).
 USE_THREADS = False
+MAX_STREAMS = 4  # large row groups streamed at once (a shuffle window can straddle a few)
 
 
 class BlockCache:
@@ -86,7 +92,8 @@ class ParquetJetReader:
         self._pid: int | None = None
         self._columns: dict[str, np.ndarray] = {}
         self._labels: np.ndarray | None = None
-        self._stream: list[Any] | None = None  # [group, next block in it, open iter_batches]
+        # open streams of large row groups: group -> [next block in it, iter_batches], oldest first
+        self._streams: OrderedDict[int, list[Any]] = OrderedDict()
         self._layout()
 
     def _layout(self) -> None:
@@ -100,7 +107,6 @@ class ParquetJetReader:
                                       self.info.n_jets)
         self._dims = ((self.info.height, self.info.width, self.info.channels) if self.info.channels_last
                       else self.info.image_shape)
-        self._values_per_jet = int(np.prod(self.info.image_shape))
 
     def __len__(self) -> int:
         return self.info.n_jets
@@ -124,13 +130,17 @@ class ParquetJetReader:
     def n_blocks(self) -> int:
         return len(self.block_group)
 
+    def group_of(self, rows: np.ndarray) -> np.ndarray:
+        """The row group holding each row."""
+        return np.searchsorted(self.group_starts, rows, side="right") - 1
+
     def block_of(self, rows: np.ndarray) -> np.ndarray:
         """The block (unit of decoding) holding each row."""
         return np.searchsorted(self.block_starts, rows, side="right") - 1
 
     def _file(self, streaming: bool = False) -> pq.ParquetFile:
         if self._pid != os.getpid():  # after fork: the parent's handles are not ours
-            self._pf, self._pid, self._stream = {}, os.getpid(), None
+            self._pf, self._pid, self._streams = {}, os.getpid(), OrderedDict()
         if streaming not in self._pf:
             parsed = next(iter(self._pf.values())).metadata if self._pf else None
             self._pf[streaming] = open_parquet(self.info.path, streaming=streaming, metadata=parsed)
@@ -243,18 +253,22 @@ class ParquetJetReader:
     def _stream_group(self, group: int, subs: set[int]) -> Iterator[tuple[int, np.ndarray]]:
         """Blocks ``subs`` of a large row group, decoded in order by one ``iter_batches`` stream
         that stays open, so reading a group front to back decodes it once. Blocks passed on the
-        way are kept only where the cache has room (they must not evict the wanted ones)."""
+        way are cached when they lie within half the cache before the last one wanted (the rest
+        of a shuffle window) or when the cache has room."""
         first_block = int(np.searchsorted(self.block_group, group))
-        stream = self._stream if self._stream is not None and self._stream[0] == group else None
-        if stream is None or stream[1] > min(subs):  # a new group, or behind the stream: restart
-            batches = self._file(streaming=True).iter_batches(
-                batch_size=self.block_rows, row_groups=[group], columns=[self.info.images_key],
-                use_threads=USE_THREADS)
-            stream = self._stream = [group, 0, batches]
+        stream = self._streams.get(group)
+        if stream is None or stream[0] > min(subs):  # a new group, or behind the stream: restart
+            handle = open_parquet(self.info.path, streaming=True, metadata=self._file().metadata)
+            batches = handle.iter_batches(batch_size=self.block_rows, row_groups=[group],
+                                          columns=[self.info.images_key], use_threads=USE_THREADS)
+            stream = self._streams[group] = [0, batches]
+            while len(self._streams) > MAX_STREAMS:
+                self._streams.popitem(last=False)
+        self._streams.move_to_end(group)
         try:
-            while stream[1] <= max(subs):
-                sub, batch = stream[1], next(stream[2])
-                stream[1] += 1
+            while stream[0] <= max(subs):
+                sub, batch = stream[0], next(stream[1])
+                stream[0] += 1
                 block = first_block + sub
                 start, stop = int(self.block_starts[block]), int(self.block_starts[block + 1])
                 if len(batch) != stop - start:  # pyarrow cuts batches at block_rows inside a row group
@@ -262,8 +276,10 @@ class ParquetJetReader:
                                                     f"expected {stop - start}")
                 key = (self._token, block)
                 wanted = sub in subs
-                if wanted or (self.cache.get(key) is None and self.cache.has_room(4 * batch.num_rows
-                                                                                  * self._values_per_jet)):
+                nbytes = batch.num_rows * self.row_bytes
+                # a block passed just before a wanted one is likely wanted next (the same window)
+                near = (max(subs) - sub) * nbytes <= self.cache.max_bytes // 2
+                if wanted or (self.cache.get(key) is None and (near or self.cache.has_room(nbytes))):
                     data = self._as_model_layout(decode_images(
                         batch.column(0), self._dims, path=self.info.path, key=self.info.images_key,
                         rows=np.arange(start, stop)))
@@ -271,11 +287,11 @@ class ParquetJetReader:
                     if wanted:
                         yield block, data
         except pa.ArrowException as err:
-            self._stream = None
+            self._streams.pop(group, None)
             raise DataError(self.info.path, f"cannot read row group {group} of {self.info.images_key}, "
                                             f"the file may be corrupt ({err})") from err
         except StopIteration:
-            self._stream = None
+            self._streams.pop(group, None)
             raise DataError(self.info.path, f"row group {group} ended before block {max(subs)}") from None
 
     def clone(self) -> ParquetJetReader:
@@ -288,6 +304,6 @@ class ParquetJetReader:
         """Drop the file handle (and the cache, when it is this reader's own)."""
         self._pf = {}
         self._pid = None
-        self._stream = None
+        self._streams = OrderedDict()
         if self._own_cache:
             self.cache.clear()
