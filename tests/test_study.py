@@ -4,11 +4,13 @@ classical baselines, results table, report; rerunning resumes (trains nothing ne
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+import h5py
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -174,3 +176,29 @@ def test_a_changed_study_file_is_a_new_plan_not_a_resume(study):
     changed = {**plan, "fraction_overrides": {0.5: {"epochs": 4, "batch_size": 16}}}
     assert not same_plan(result["label_efficiency_run_id"], result["encoder_uri"], **changed)
     assert not same_plan(result["label_efficiency_run_id"], result["encoder_uri"], **{**plan, "seeds": [0]})
+
+
+def test_a_study_or_its_sweep_on_other_data_is_refused_before_anything_runs(study, jets_file, tmp_path):
+    other = tmp_path / "other.h5"  # the same jets, other bytes: another sha256
+    shutil.copy(jets_file, other)
+    with h5py.File(other, "a") as handle:
+        handle.attrs["copied_from"] = str(jets_file)
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    before = len(client.search_runs([experiment_id], max_results=5000))
+
+    # The same study on another file: it reopened the parent made on the first one.
+    path = write_study(tmp_path, other)
+    outcome = CliRunner().invoke(main, [str(path)])
+    assert outcome.exit_code == 1 and len(outcome.stderr.strip().splitlines()) == 1, outcome.output
+    assert f"study 'toy-study' (parent run {study['first']['run_id']})" in outcome.stderr
+    assert str(jets_file) in outcome.stderr and str(other) in outcome.stderr and "another `name:`" in outcome.stderr
+    # A renamed study whose sweep file still names the sweep that ran on the first file.
+    (tmp_path / "renamed").mkdir()
+    path = write_study(tmp_path / "renamed", other, name="renamed-study")
+    sweep = yaml.safe_load((tmp_path / "renamed" / "sweep.yaml").read_text())
+    (tmp_path / "renamed" / "sweep.yaml").write_text(yaml.safe_dump({**sweep, "name": "toy-study-sweep"}))
+    outcome = CliRunner().invoke(main, [str(path)])
+    assert outcome.exit_code == 1 and "study 'toy-study-sweep'" in outcome.stderr and "another file" in outcome.stderr
+    assert len(client.search_runs([experiment_id], max_results=5000)) == before  # nothing written
+    assert client.get_run(study["first"]["run_id"]).info.status == "FINISHED"
