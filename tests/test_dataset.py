@@ -239,3 +239,52 @@ def test_sparse_copy_of_many_files_is_exact_and_resumes(three_files, tmp_path, m
     assert [d for _, d in recorded_files(copy.directory)] == ds.file_digests
     assert copy.meta["source"] == str(folder)
     np.testing.assert_array_equal(copy.read_extra("pt", idx[:5]), ds.read_extra("pt", idx[:5]))
+
+
+MEMORY_SCRIPT = """
+import json, resource, sys
+import numpy as np
+from mae_tracker.data.dataset import open_dataset
+from mae_tracker.data.jetfile import iterate_batches
+
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+ds = open_dataset(sys.argv[1], cache_bytes=8 * 2**20, block_bytes=2 * 2**20)
+for f in range(len(ds.file_infos)):  # warm up: imports, handles, allocator pools
+    ds.read(ds.starts[f] + np.arange(4))
+before, n = peak(), 0
+for x, _ in iterate_batches(ds, np.arange(len(ds)), 32, shuffle=True, seed=0):
+    n += len(x)
+print(json.dumps({"growth": peak() - before, "jets": n, "decoded": n * 4 * int(np.prod(ds.image_shape))}))
+"""
+
+
+@pytest.mark.slow
+def test_a_dataset_several_times_larger_than_its_memory_budget_streams_through(tmp_path):
+    """2,100 CMS-shaped jets (375 MB as float32, twice that as Parquet's doubles) in three files
+    (one jet per row group, 16, and one row group of 700 jets), read shuffled in a fresh process
+    whose peak RSS may grow by at most BUDGET: Parquet is never decoded whole."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mae_tracker.data.layouts import nested_list_array
+
+    budget = 96 * 2**20
+    schema = pa.schema([("X_jets", pa.list_(pa.list_(pa.list_(pa.float64())))), ("y", pa.float64())])
+    for run, row_group in enumerate((1, 16, 700)):
+        with pq.ParquetWriter(tmp_path / f"run{run}.parquet", schema) as writer:
+            step = 50 if row_group < 700 else 700  # a row group never spans two writes
+            for start in range(0, 700, step):
+                images = jet_images(step, 3, 125, 125, seed=100 * run + start, occupancy=0.01)
+                table = pa.table({"X_jets": nested_list_array(images), "y": pa.array(np.arange(step) % 2.0)})
+                writer.write_table(table, row_group_size=row_group)
+                del images, table
+    assert pq.ParquetFile(tmp_path / "run2.parquet").num_row_groups == 1
+    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["jets"] == 2100 and figures["decoded"] >= 3.5 * budget
+    assert figures["growth"] <= budget, f"peak RSS grew {figures['growth'] / 2**20:.0f} MiB"
