@@ -288,3 +288,18 @@ def test_a_dataset_several_times_larger_than_its_memory_budget_streams_through(t
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["jets"] == 2100 and figures["decoded"] >= 3.5 * budget
     assert figures["growth"] <= budget, f"peak RSS grew {figures['growth'] / 2**20:.0f} MiB"
+
+
+def test_a_copy_of_a_dataset_is_stale_once_one_of_its_files_changes(three_files, tmp_path):
+    from mae_tracker.data.splits import stale_files
+
+    folder, arrays = three_files
+    ds = open_dataset(folder, digest_cache=tmp_path / "digests")
+    copy = sparse_copy(ds, tmp_path / "cache" / ds.digest)
+    files = recorded_files(copy.directory)
+    assert stale_files(files, ds.digest) == "" and stale_files(files, "0" * 64) != ""
+    changed = sorted(arrays)[1]
+    write_cms_parquet(changed, jet_images(5, seed=42))
+    assert stale_files(files, ds.digest, digest_cache=tmp_path / "digests") == f"its file {changed} has changed"
+    changed.unlink()
+    assert stale_files(files, ds.digest) == f"its file {changed} is gone"
