@@ -23,6 +23,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -87,7 +88,7 @@ def disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def epoch_rate(source, n: int, batch: int, seconds: float) -> float:
+def epoch_rate(source: Any, n: int, batch: int, seconds: float) -> float:
     """Jets/s over one epoch's shuffled batches, up to ``seconds`` (at least 3 batches)."""
     count, start = 0, time.perf_counter()
     for i, (x, _) in enumerate(iterate_batches(source, np.arange(n), batch, shuffle=True, seed=0)):
@@ -97,7 +98,7 @@ def epoch_rate(source, n: int, batch: int, seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-def sequential_rate(source, n: int, seconds: float, block: int = 256) -> float:
+def sequential_rate(source: Any, n: int, seconds: float, block: int = 256) -> float:
     count, start = 0, time.perf_counter()
     for s in range(0, n, block):
         count += len(source.read(np.arange(s, min(n, s + block)))[0])
@@ -122,7 +123,7 @@ def conversion_rates(path: Path, jets: int = 20) -> tuple[float, float]:
     return flat, jets / (time.perf_counter() - start)
 
 
-def _dims(column) -> tuple[int, int, int]:
+def _dims(column: pa.ChunkedArray) -> tuple[int, int, int]:
     first = column.chunk(0)[0].as_py()
     return (len(first), len(first[0]), len(first[0][0]))
 

@@ -169,6 +169,8 @@ def test_batches_loader_preprocessing_and_shuffle_over_files(three_files):
     order = ds.shuffled_order(train, seed=1, epoch=2)
     assert sorted(order.tolist()) == train.tolist()
     np.testing.assert_array_equal(got, images[order])  # the same batches through the worker threads
+    forked = prefetch(iterate_batches(ds, train, 7, shuffle=True, seed=1, epoch=2), workers=2, processes=True)
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in forked]), got)  # and processes
     assert not np.array_equal(order, ds.shuffled_order(train, seed=1, epoch=3))
     fitted = Preprocessor.fit(ds, train)
     direct = images[train]

@@ -1,4 +1,4 @@
-"""A sparse copy of a jet-image file: only the non-zero pixels, memory-mapped, built once.
+"""A sparse copy of a jet-image file or dataset: only the non-zero pixels, memory-mapped, built once.
 
 Why: a 125x125x3 jet is 183 KiB of float32, of which ~1 % is non-zero. Stored with lzf in chunks
 of one jet (as the generator and the CMS E2E files store it), every read decompresses the whole
@@ -7,10 +7,12 @@ than a small model trains. The sparse copy keeps, per jet, the flat channels-fir
 the values of its non-zero pixels. Reading a batch gathers them and scatters them into zeros:
 tens of thousands of jets/s on one core, and exact (the same float32 values, so the same numbers).
 
-A copy is a directory (the caller names it by the source file's sha256, so a changed file gets a
-new copy):
+The source is any reader: one HDF5 file, or a :class:`~mae_tracker.data.dataset.JetDataset` of
+HDF5 and Parquet files (read front to back, one pass). A copy is a directory (the caller names it
+by the source's sha256, a dataset's by its digest, so a changed file gets a new copy):
 
-* ``meta.json``: format, source file, number of jets, image shape (C, H, W), dtypes, non-zeros;
+* ``meta.json``: format, source (the file, or the dataset's folder and ``files``: each file's
+  path, sha256 and jet count), number of jets, image shape (C, H, W), dtypes, non-zeros;
 * ``offsets.bin``: int64, n_jets + 1; jet i's pixels are entries offsets[i]:offsets[i+1] of
 * ``pixels.bin``: uint16 flat position in (C, H, W) (int32 for images over 65,536 values), and
 * ``values.bin``: float32 pixel values;
