@@ -140,6 +140,7 @@ def test_class_per_file_pair_balance_per_split(tmp_path):
     assert y[0] == last
     mixed = write_jets(tmp_path / "qg.h5")[0]
     assert not open_dataset([mixed]).class_per_file
+    assert ds.check_values() == ds.file_digests and ds.check_values(skip=set(ds.file_digests)) == []
 
 
 def test_files_that_do_not_match_are_an_error_naming_the_file(tmp_path):

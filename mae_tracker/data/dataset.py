@@ -344,6 +344,17 @@ class JetDataset:
         self._readers = [None] * len(self.file_infos)
         self.cache.clear()
 
+    def check_values(self, skip: set[str] | frozenset[str] = frozenset(), *, progress: bool = False) -> list[str]:
+        """Scan every pixel of each file whose sha256 is not in ``skip`` for NaN/inf (DataError
+        naming the file); returns the sha256s scanned. With a record of files already scanned
+        (by content), a grown dataset scans only its new files."""
+        scanned = []
+        for info, digest in zip(self.file_infos, self.file_digests):
+            if digest not in skip:
+                open_any(info.path, check_values=True, progress=progress)
+                scanned.append(digest)
+        return scanned
+
     def describe(self) -> dict[str, Any]:
         """Plain facts for logging: digest, counts, format, class per file, each file."""
         return {"digest": self.digest, "n_files": len(self.file_infos), "n_jets": self.info.n_jets,
