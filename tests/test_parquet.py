@@ -116,7 +116,8 @@ def _bad_file(tmp_path, case):
     ("truncated", "truncated or corrupt"), ("garbage", "truncated or corrupt"), ("not-parquet", "no PAR1"),
     ("empty", "empty"), ("no-images", "no image column"), ("no-labels", "no label column 'y'"),
     ("flat-images", "nested lists"), ("bad-labels", "labels must be 0 or 1"),
-    ("ragged", "X_jets jet 1 has 13 entries on image axis 3"), ("nan", "non-finite pixel values (NaN or inf) in X_jets, jet 2"),
+    ("ragged", "X_jets jet 1 has 13 entries on image axis 3"),
+    ("nan", "non-finite pixel values (NaN or inf) in X_jets, jet 2"),
 ])
 def test_bad_file_gives_one_line_naming_it(tmp_path, case, message):
     path = _bad_file(tmp_path, case)

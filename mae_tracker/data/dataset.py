@@ -37,6 +37,7 @@ from mae_tracker.data.validate import JetFileInfo
 __all__ = ["DatasetInfo", "JetDataset", "dataset_digest", "format_class_balance", "jet_uniforms", "open_dataset",
            "split_of_jets"]
 
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What the files of a dataset share; the fields a JetFileInfo has, so code written for one
@@ -321,7 +322,8 @@ class JetDataset:
         unit_rank = np.empty(len(unique_units), np.int64)
         unit_rank[rng.permutation(len(unique_units))] = np.arange(len(unique_units))
         unique_blocks, first, block_index = np.unique(blocks, return_index=True, return_inverse=True)
-        visit = np.lexsort((unique_blocks, unit_rank[unit_index.reshape(-1)[first]]))  # groups shuffled, blocks in order
+        # visiting order: row groups shuffled, each one's blocks in order
+        visit = np.lexsort((unique_blocks, unit_rank[unit_index.reshape(-1)[first]]))
         block_rank = np.empty(len(unique_blocks), np.int64)
         block_rank[visit] = np.arange(len(unique_blocks))
         jets_rank = block_rank[block_index.reshape(-1)]

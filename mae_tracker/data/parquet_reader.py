@@ -88,7 +88,7 @@ class ParquetJetReader:
         self.block_bytes = int(block_bytes)
         self.block_rows = max(1, self.block_bytes // (4 * int(np.prod(self.info.image_shape))))
         self._token = next(_TOKENS)  # cache keys: unique per reader object, never reused
-        self._pf: dict[bool, pq.ParquetFile] = {}  # streaming or not -> handle
+        self._pf: pq.ParquetFile | None = None  # whole row groups and columns (pre-buffered reads)
         self._pid: int | None = None
         self._columns: dict[str, np.ndarray] = {}
         self._labels: np.ndarray | None = None
@@ -138,13 +138,12 @@ class ParquetJetReader:
         """The block (unit of decoding) holding each row."""
         return np.searchsorted(self.block_starts, rows, side="right") - 1
 
-    def _file(self, streaming: bool = False) -> pq.ParquetFile:
-        if self._pid != os.getpid():  # after fork: the parent's handles are not ours
-            self._pf, self._pid, self._streams = {}, os.getpid(), OrderedDict()
-        if streaming not in self._pf:
-            parsed = next(iter(self._pf.values())).metadata if self._pf else None
-            self._pf[streaming] = open_parquet(self.info.path, streaming=streaming, metadata=parsed)
-        return self._pf[streaming]
+    def _file(self) -> pq.ParquetFile:
+        if self._pid != os.getpid():  # new, or after fork: the parent's handles are not ours
+            self._pf, self._pid, self._streams = None, os.getpid(), OrderedDict()
+        if self._pf is None:
+            self._pf = open_parquet(self.info.path)
+        return self._pf
 
     def _column(self, key: str) -> np.ndarray:
         if key not in self._columns:
@@ -174,6 +173,7 @@ class ParquetJetReader:
         idx = as_indices(indices, self.info.n_jets)
         rows, inverse = sorted_unique(idx)
         out = np.empty((len(rows), *self.info.image_shape), np.float32)
+        self._file()  # (re)opens after a fork, before any open stream is used
         if len(rows) == 0:
             return out, self.labels()[idx]
         blocks = self.block_of(rows)
@@ -193,7 +193,8 @@ class ParquetJetReader:
         finite = np.isfinite(out).all(axis=(1, 2, 3))
         if not finite.all():
             bad = int(rows[np.flatnonzero(~finite)[0]])
-            raise DataError(self.info.path, f"non-finite pixel values (NaN or inf) in {self.info.images_key}, jet {bad}")
+            raise DataError(self.info.path, f"non-finite pixel values (NaN or inf) in {self.info.images_key}, "
+                                            f"jet {bad}")
         return (out if inverse is None else out[inverse]), self.labels()[idx]
 
     def _decode(self, blocks: list[int]) -> Iterator[tuple[int, np.ndarray]]:
@@ -302,7 +303,7 @@ class ParquetJetReader:
 
     def close(self) -> None:
         """Drop the file handle (and the cache, when it is this reader's own)."""
-        self._pf = {}
+        self._pf = None
         self._pid = None
         self._streams = OrderedDict()
         if self._own_cache:
