@@ -191,3 +191,16 @@ def test_cli_generate_parquet_files_and_class_pair(tmp_path):
     existing = runner.invoke(main, ["generate", "--out", str(tmp_path / "pq"), "--format", "parquet", *common])
     assert existing.exit_code == 2 and "already exists" in existing.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eg.h5", "pair", "pq"]  # no temporaries left
+
+
+def test_top_jets_are_written_as_the_cms_top_layout(tmp_path):
+    from jet_h5 import write_jets
+
+    images = jet_images(6, 8, 16, 16)
+    src = write_jets(tmp_path / "top.h5", images, attrs={"task": "top-qcd", "class_names": ["top", "QCD"]})[0]
+    (path,) = layouts.write_layout(JetImageReader(src), tmp_path / "top", fmt="parquet")
+    assert path.name == "top_n6.snappy.parquet"
+    assert pq.ParquetFile(path).schema_arrow.names[:2] == ["X_jet", "y"]
+    info = open_parquet_file(path)
+    assert info.task == "top-qcd" and info.image_shape == (8, 16, 16) and not info.channels_last
+    np.testing.assert_array_equal(ParquetJetReader(info).read(np.arange(6))[0], images)
