@@ -231,7 +231,8 @@ BAD_SPECS = {
                          "parameters.mask_ratio.max: 1.5 is outside the allowed range: 0 < mask_ratio < 1"),
     "negative depth": ({"parameters": {"depth": {"distribution": "int", "min": -3, "max": -1}}},
                        "parameters.depth.min: -3 is outside the allowed range: depth >= 0 (0 = the variant's)"),
-    "listed value": ({"parameters": {"lr": [1e-3, 0.0]}}, "parameters.lr.values: 0.0 is outside the allowed range: lr > 0"),
+    "listed value": ({"parameters": {"lr": [1e-3, 0.0]}},
+                     "parameters.lr.values: 0.0 is outside the allowed range: lr > 0"),
     "fixed value": ({"fixed": {"epochs": 0}}, "fixed.epochs: 0 is outside the allowed range: epochs >= 1"),
     "split searched": ({"parameters": {"split_seed": [0, 1]}}, "parameters.split_seed: not a searchable"),
 }

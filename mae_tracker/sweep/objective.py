@@ -69,9 +69,9 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec, ctx = self.ctx.spec, self.ctx
-        _check_not_surplus(trial, spec.n_trials)
         # The seed its parameters were drawn with (sampling.py): differs for every trial.
         trial.set_user_attr(SEED_ATTR, trial_seed(spec.seed, trial.number))
+        _check_not_surplus(trial, spec.n_trials)
         params = {name: p.suggest(trial) for name, p in spec.parameters.items()}
         run = mlflow.start_run(
             run_name=f"trial-{trial.number}", experiment_id=ctx.experiment_id, parent_run_id=ctx.parent_run_id,
