@@ -28,7 +28,6 @@ from mae_tracker.cli_errors import clean_errors
 @click.option("--progress/--no-progress", default=None,
               help="Per-epoch progress bars of the arms; default: on in a terminal with one worker. "
                    "One line per finished trial is always printed.")
-@click.option("--worker-index", type=int, default=0, hidden=True)
 @click.option("--threads", "num_threads", type=int, default=0, hidden=True)
 @clean_errors
 def main(config: Path, **options: object) -> None:

@@ -40,7 +40,7 @@ def _echo(line: str) -> None:
 
 def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: str | None = None,
               n_trials: int | None = None, n_workers: int = 1, data: str | None = None,
-              progress: bool = False, worker: bool = False, worker_index: int = 0, num_threads: int = 0,
+              progress: bool = False, worker: bool = False, num_threads: int = 0,
               pruner: optuna.pruners.BasePruner | None = None, echo: Echo = _echo) -> dict[str, Any]:
     """Run (or continue) the sweep described by the YAML at ``spec_path``.
 
@@ -90,9 +90,9 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
             data = _check_data(spec, progress)
             storage_obj = _storage(spec, url)
             study = _load_study(spec, url, storage_obj)
+            parent_id = parent_run.find_parent(study)  # in this tracking store, or refused
             binding.check_same_data(study, data, str(spec.path), mask_password(url))
-            parent_id = parent_run.find_parent(study)
-            run_trials(study, storage_obj, spec, parent_id, worker_index=worker_index, num_threads=num_threads,
+            run_trials(study, storage_obj, spec, parent_id, num_threads=num_threads,
                        progress=progress, pruner=pruner, echo=echo)
             return summarize(study, spec, url, parent_id)
 
@@ -202,7 +202,7 @@ def _remaining(study: optuna.Study, spec: SweepSpec, sampler: PerTrialSeedSample
 
 
 def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, spec: SweepSpec, parent_id: str, *,
-               worker_index: int = 0, num_threads: int = 0, progress: bool = False,
+               num_threads: int = 0, progress: bool = False,
                pruner: optuna.pruners.BasePruner | None = None, wait: bool = False, echo: Echo = _echo) -> None:
     """Run trials in this process until the study has ``spec.n_trials`` finished trials
     (Optuna's MaxTrialsCallback counts only after a trial ends; counting running trials
@@ -309,7 +309,7 @@ def _spawn_workers(spec: SweepSpec, url: str, n_workers: int, progress: bool) ->
             "--progress" if progress else "--no-progress"]
     if spec.fixed.get("data"):
         base += ["--data", spec.fixed["data"]]
-    procs = [subprocess.Popen(base + ["--worker-index", str(i)], env=env) for i in range(n_workers)]
+    procs = [subprocess.Popen(base, env=env) for _ in range(n_workers)]
     try:
         codes = [proc.wait() for proc in procs]
     except Terminated:  # sent to this process alone (a scheduler, `kill`): stop the workers too
