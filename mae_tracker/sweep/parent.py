@@ -69,11 +69,12 @@ def reopen(client: mlflow.MlflowClient, run_id: str) -> None:
         client.delete_tag(run_id, "end_reason")
 
 
-def open_parent(study: optuna.Study, spec: SweepSpec, storage_url: str) -> str:
+def open_parent(study: optuna.Study, spec: SweepSpec, storage_url: str, new_study: bool = False) -> str:
     """Reuse the study's parent run (rerun = resume) or create it; mark it RUNNING. Call
-    :func:`parent_here` first: a recorded parent must be in this tracking store."""
+    :func:`parent_here` first: a recorded parent must be in this tracking store. A new study
+    gets a new parent, even where an old parent run of the same name is left in the store."""
     client = mlflow.MlflowClient()
-    run_id = study.user_attrs.get(PARENT_ATTR) or _by_tag(client, study, spec)
+    run_id = study.user_attrs.get(PARENT_ATTR) or (None if new_study else _by_tag(client, study, spec))
     masked = mask_password(storage_url)
     # `mlflow run . -e sweep` created a run before we started. Taken out of the environment here,
     # or mlflow.start_run() would resume it as the first trial's run.

@@ -101,7 +101,7 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
         data = _check_data(spec, progress)
         storage_obj = _storage(spec, url)
         study, created = _open_study(spec, url, storage_obj, data)
-        parent_id = parent_run.open_parent(study, spec, url)
+        parent_id = parent_run.open_parent(study, spec, url, new_study=created)
         echo(f"sweep {spec.name}: {spec.n_trials} trials ({spec.method}, pruner {spec.pruner}, objective "
              f"{spec.objective}) in {mask_password(url)}; MLflow parent run {parent_id}")
         with ranks.leading(), parent_run.closing(parent_id):
