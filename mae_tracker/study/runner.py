@@ -27,7 +27,7 @@ import pandas as pd
 from mae_tracker.signals import sigterm_as_exit
 from mae_tracker.study import results
 from mae_tracker.study.spec import StudySpec, load_study_spec
-from mae_tracker.sweep.binding import DIGEST_ATTR, SPLIT_ATTR, DataBinding, mismatch, split_text
+from mae_tracker.sweep.binding import DIGEST_ATTR, SPLIT_ATTR, DataBinding, mismatch
 from mae_tracker.sweep.parent import closing, reopen
 from mae_tracker.train import tracking
 
@@ -54,11 +54,11 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, worke
     tracking.configure_tracking()
     client = mlflow.MlflowClient()
     data_path = _data(spec, workers, progress, echo)
-    data = _binding(spec, data_path)
+    from mae_tracker.sweep.runner import check_continuable, data_binding
+
+    data = data_binding(spec.sweep.with_overrides(fixed={**spec.sweep.fixed, "data": str(data_path)}), progress)
     # Refused before anything is written: a study (and its sweep) continues on its own data only.
     earlier = _earlier_parent(client, spec, data)
-    from mae_tracker.sweep.runner import check_continuable
-
     check_continuable(spec.sweep, data)
     parent_id = _open_parent(client, spec, data, earlier)
     echo(f"study {spec.name}: parent run {parent_id} in experiment {spec.experiment}; data {data_path}")
@@ -177,15 +177,6 @@ def _report(client: mlflow.MlflowClient, spec: StudySpec, parent_id: str, effici
 
 # --- the study's parent run ------------------------------------------------------------------
 
-def _binding(spec: StudySpec, data_path: Path) -> DataBinding:
-    """The study's data as the sweep binds it: file content and the sweep's split."""
-    from mae_tracker.data.jetfile import file_digest
-    from mae_tracker.train.config import PretrainConfig
-
-    return DataBinding(str(data_path.resolve()), file_digest(data_path),
-                       split_text(PretrainConfig(**spec.sweep.fixed).to_dict()))
-
-
 def _earlier_parent(client: mlflow.MlflowClient, spec: StudySpec, data: DataBinding) -> str | None:
     """The parent run of this study from an earlier call (found by name), if it was made on the
     same data and split; ValueError (one line) if it was made on other data."""
@@ -198,7 +189,9 @@ def _earlier_parent(client: mlflow.MlflowClient, spec: StudySpec, data: DataBind
         return None
     run = found[0]
     tags, params = run.data.tags, run.data.params
-    bound = DataBinding(params.get("data", "?"), tags.get(DIGEST_ATTR, "?"), tags.get(SPLIT_ATTR, data.split))
+    logged = params.get("data", "")
+    bound = DataBinding(str(Path(logged).resolve()) if logged else "?", tags.get(DIGEST_ATTR, "?"),
+                        tags.get(SPLIT_ATTR, data.split))
     if DIGEST_ATTR not in tags and bound.path == data.path:
         return run.info.run_id  # a parent from before the binding knows only its path: the same
     if bound.differs_from(data):

@@ -20,6 +20,7 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
+from mae_tracker.data.files import absolute_spec
 from mae_tracker.signals import Terminated, sigterm_as_exit, sigterm_received, without_frames
 from mae_tracker.sweep import binding, ranks
 from mae_tracker.sweep import parent as parent_run
@@ -66,7 +67,7 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
             raise ValueError(f"--n-trials must be >= 1, got {n_trials}")
         changes["n_trials"] = n_trials
     if data:
-        changes["fixed"] = {**spec.fixed, "data": str(Path(data).resolve())}
+        changes["fixed"] = {**spec.fixed, "data": absolute_spec(data)}  # file, folder, glob or comma list
     spec = spec.with_overrides(**changes)
     if n_workers < 1:
         raise ValueError(f"--n-workers must be >= 1, got {n_workers}")
@@ -87,7 +88,7 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
             path = sqlite_path(url)
             if path is not None and not path.exists():  # do not create an empty database by asking
                 raise ValueError(f"no Optuna storage at {path}; start the sweep without --worker first")
-            data = _check_data(spec, progress)
+            data = data_binding(spec, progress)
             storage_obj = _storage(spec, url)
             study = _load_study(spec, url, storage_obj)
             parent_id = parent_run.find_parent(study)  # in this tracking store, or refused
@@ -98,7 +99,7 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
 
         # The data is checked (and the default dataset generated) before the study exists: a
         # missing file must not turn into n_trials failed trials, nor N workers generating it.
-        data = _check_data(spec, progress)
+        data = data_binding(spec, progress)
         storage_obj = _storage(spec, url)
         study, created = _open_study(spec, url, storage_obj, data)
         parent_id = parent_run.open_parent(study, spec, url, new_study=created)
@@ -172,15 +173,13 @@ def _load_study(spec: SweepSpec, url: str, storage: optuna.storages.BaseStorage)
                          ) from None
 
 
-def _check_data(spec: SweepSpec, progress: bool) -> binding.DataBinding:
-    """Validate the trials' data file (DataError on a bad one) and say what it is."""
+def data_binding(spec: SweepSpec, progress: bool = False) -> binding.DataBinding:
+    """Validate the trials' data file (DataError on a bad one; the default dataset is generated
+    if missing) and say what it is: path, sha256 and the split of ``spec.fixed``."""
     from mae_tracker.train.config import PretrainConfig
     from mae_tracker.train.data import prepare_data
 
-    data = spec.fixed.get("data")
-    if data and not Path(data).is_file():
-        raise FileNotFoundError(f"{spec.path}: fixed.data: no such file {data!r}")
-    config = PretrainConfig(**spec.fixed)
+    config = PretrainConfig(**spec.fixed)  # data: a file, folder, glob or list (bound by its dataset digest)
     prepared = prepare_data(config, progress=progress)
     return binding.DataBinding(str(Path(prepared.path).resolve()), prepared.digest,
                                binding.split_text(config.to_dict()))
