@@ -14,9 +14,9 @@ Jets are numbered file after file in the order of their digests, the same for ev
 naming the same files.
 
 Splits (:meth:`JetDataset.splits`): a jet's split is decided by (split seed, its file's digest,
-its row in the file) alone, so adding files moves no jet of the files already there: a
-pretraining set can grow without a labelled test jet moving into it. Each jet lands in a split
-with that split's fraction as probability (sizes are fraction x n within binomial noise).
+its row in the file, that file's jet count) alone, so adding files moves no jet of the files
+already there: a pretraining set can grow without a labelled test jet moving into it. Sizes are
+exact per file (each file's rows ranked by a hash, cut at the rounded cumulative fractions).
 """
 
 from __future__ import annotations
@@ -235,8 +235,8 @@ class JetDataset:
     # ----------------------------------------------------------------------- splits
 
     def splits(self, fractions: dict[str, float] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-        """Sorted global indices per split; a jet's split depends on (seed, file digest, row)
-        only (see the module docstring). Fractions as for ``make_splits``: >= 0, sum <= 1."""
+        """Sorted global indices per split; a jet's split depends on (seed, file digest, row,
+        file jet count) only, sizes exact per file (see the module docstring). Fractions as for ``make_splits``: >= 0, sum <= 1."""
         fractions = dict(DEFAULT_SPLIT_FRACTIONS if fractions is None else fractions)
         which = np.concatenate([split_of_jets(d, i.n_jets, fractions, seed)
                                 for i, d in zip(self.file_infos, self.file_digests)])

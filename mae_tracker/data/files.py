@@ -21,7 +21,7 @@ from mae_tracker.data.jetfile import file_digest
 from mae_tracker.data.parquet import is_parquet, open_parquet_file
 from mae_tracker.data.validate import JetFileInfo, open_jet_file
 
-__all__ = ["DataSpec", "DATA_SUFFIXES", "cached_file_digest", "open_any", "resolve_files"]
+__all__ = ["DataSpec", "DATA_SUFFIXES", "absolute_spec", "spec_parts", "cached_file_digest", "open_any", "resolve_files"]
 
 DataSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 DATA_SUFFIXES = (".h5", ".hdf5", ".hdf", ".parquet", ".pq")
@@ -40,14 +40,35 @@ def _one(entry: str | os.PathLike[str]) -> list[Path]:
         return found
     if path.exists():
         return [path]
+    if "," in text:  # before the glob: 'run*.parquet,extra.parquet' is a list holding a pattern
+        return [p for part in text.split(",") if part.strip() for p in _one(part.strip())]
     if _GLOB_CHARS & set(text):
         found = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if Path(p).is_file())
         if not found:
             raise DataError(text, "no files match this pattern")
         return found
-    if "," in text:
-        return [p for part in text.split(",") if part.strip() for p in _one(part.strip())]
     raise DataError(path, "file not found")
+
+
+def spec_parts(spec: DataSpec) -> list[str]:
+    """The entries of a dataset given as a file, folder, glob, list or comma-separated string."""
+    entries = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    parts: list[str] = []
+    for entry in entries:
+        text = os.fspath(entry).strip()
+        if "," in text and not Path(text).expanduser().exists():
+            parts += [part.strip() for part in text.split(",") if part.strip()]
+        elif text:
+            parts.append(text)
+    return parts
+
+
+def absolute_spec(spec: DataSpec, base: str | os.PathLike[str] | None = None) -> str:
+    """The same dataset as one string with absolute entries (relative ones taken from ``base``,
+    default the working directory), comma-joined: what a run, a sweep worker or a study records
+    and passes on, valid from any directory. Globs stay globs, folders stay folders."""
+    root = Path(base) if base is not None else Path.cwd()
+    return ",".join(os.path.normpath(str(root / Path(part).expanduser())) for part in spec_parts(spec))
 
 
 def _has_data_suffix(path: Path) -> bool:

@@ -2,7 +2,8 @@
 
 A dataset's digest is the sha256 of its files' sorted sha256s (one file: its own sha256), so it
 does not depend on file names, folders or listing order. A jet's split is decided by (split seed,
-its file's sha256, its row) alone: adding files moves no jet already there.
+its file's sha256, its row, its file's jet count) alone, with exact sizes per file (the
+"per-file-hash" split scheme): adding files moves no jet already there.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import numpy as np
 
 from mae_tracker.data.files import cached_file_digest
 
-__all__ = ["dataset_digest", "format_class_balance", "jet_uniforms", "split_of_jets", "stale_files"]
+__all__ = ["SPLIT_SCHEME", "dataset_digest", "format_class_balance", "jet_uniforms", "split_of_jets", "stale_files"]
 
 DIGEST_FORMAT = "mae-tracker-dataset/1"
+SPLIT_SCHEME = "per-file-hash"  # logged as the param split_scheme; runs without it used "permutation"
 
 
 def dataset_digest(file_digests: list[str]) -> str:
@@ -52,10 +54,20 @@ def _check_fractions(fractions: dict[str, float]) -> np.ndarray:
 
 
 def split_of_jets(file_digest: str, n_jets: int, fractions: dict[str, float], seed: int = 0) -> np.ndarray:
-    """The split number (position in ``fractions``) of each row of a file; -1 = in no split."""
-    bounds = np.cumsum(_check_fractions(fractions))
-    which = np.searchsorted(bounds, jet_uniforms(file_digest, np.arange(n_jets), seed), side="right")
-    return np.where(which < len(bounds), which, -1).astype(np.int8)
+    """The split number (position in ``fractions``) of each row of a file; -1 = in no split.
+
+    Exact sizes per file: the file's rows ranked by :func:`jet_uniforms` (seed, file sha256,
+    row) are cut at the rounded cumulative fractions of its jet count, as ``make_splits`` cuts
+    its permutation. A row's split depends on (seed, file sha256, row, file jet count) only, so
+    adding files to a dataset moves no jet of the files already in it."""
+    bounds = np.minimum(np.round(np.cumsum(_check_fractions(fractions)) * n_jets).astype(np.int64), n_jets)
+    order = np.argsort(jet_uniforms(file_digest, np.arange(n_jets), seed), kind="stable")
+    which = np.full(n_jets, -1, dtype=np.int8)
+    start = 0
+    for k, end in enumerate(bounds.tolist()):
+        which[order[start:end]] = k
+        start = max(start, end)
+    return which
 
 
 def format_class_balance(balance: dict[str, dict[str, int]]) -> str:
