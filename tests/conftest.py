@@ -1,6 +1,9 @@
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
+import mlflow
 import pytest
 import torch
 
@@ -29,6 +32,20 @@ def _isolated_stores(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@contextlib.contextmanager
+def own_tracking_store(folder: Path) -> Iterator[None]:
+    """Point MLflow at a store of the caller's own (a module whose outcomes depend on what the
+    registry already holds), and back to the session's store afterwards."""
+    saved = os.environ["MLFLOW_TRACKING_URI"]
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    try:
+        yield
+    finally:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+        mlflow.set_tracking_uri(saved)
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from conftest import own_tracking_store
 from mae_tracker.cli import main
 from mae_tracker.train import saved_model
 from mae_tracker.train.config import DownstreamConfig, PretrainConfig
@@ -44,12 +45,8 @@ SMALL = dict(batch_size=32, pretrain_fraction=0.4, train_fraction=0.4, val_fract
 @pytest.fixture(scope="module", autouse=True)
 def own_store(tmp_path_factory):
     """A store of this module's own, so its hostile champion never meets another module's loads."""
-    saved = os.environ["MLFLOW_TRACKING_URI"]
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('safety-store')}/mlflow.db"
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    yield
-    os.environ["MLFLOW_TRACKING_URI"] = saved
-    mlflow.set_tracking_uri(saved)
+    with own_tracking_store(tmp_path_factory.mktemp("safety-store")):
+        yield
 
 
 @pytest.fixture(scope="module")

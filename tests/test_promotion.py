@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 import label_efficiency_study as shared
+from conftest import own_tracking_store
 from mae_tracker import registry
 from mae_tracker.registry_evidence import comparison_noise, is_test_metric
 from mae_tracker.train.evaluation import Z95
@@ -49,12 +50,8 @@ def encoder_files(jets_file, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module", autouse=True)
 def store(encoder_files, tmp_path_factory):
     """A store of this module's own: outcomes depend on what the family already holds."""
-    saved = os.environ["MLFLOW_TRACKING_URI"]
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('promotion-store')}/mlflow.db"
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    yield
-    os.environ["MLFLOW_TRACKING_URI"] = saved
-    mlflow.set_tracking_uri(saved)
+    with own_tracking_store(tmp_path_factory.mktemp("promotion-store")):
+        yield
 
 
 @pytest.fixture(autouse=True)

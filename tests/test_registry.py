@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 
+from conftest import own_tracking_store
 from mae_tracker import registry
 from mae_tracker.cli import main
 from mae_tracker.data.jetfile import file_digest
@@ -41,11 +42,8 @@ TINY_PRETRAIN = dict(image_every=0, image_jets=2, eval_jets=64, probe_train_jets
 def registry_store(tmp_path_factory):
     """A store of this module's own: other modules (sweeps) promote into the same family
     names, and champion/challenger outcomes depend on what the family already holds."""
-    saved = os.environ["MLFLOW_TRACKING_URI"]
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('registry-store')}/mlflow.db"
-    yield
-    os.environ["MLFLOW_TRACKING_URI"] = saved
-    mlflow.set_tracking_uri(saved)
+    with own_tracking_store(tmp_path_factory.mktemp("registry-store")):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -166,6 +166,22 @@ def test_two_worker_processes_share_one_study(tmp_path, jets_file):
     assert len(child_runs(parent.info.run_id)) == 4
 
 
+def signal_a_running_trial(args: list[str], tmp_path: Path, sig: int) -> tuple[subprocess.Popen, int | None, str]:
+    """Start a sweep, send ``sig`` once one of its trials runs with its MLflow run, and wait for
+    it: (the process, the trial's number or None if none was seen, the end of its output)."""
+    with open(tmp_path / "first.log", "w") as log:
+        proc = cli(args, tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    victim = None
+    deadline = time.time() + 300
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        victim = running_trial_with_a_run(tmp_path / "optuna.db")
+    if victim is not None:
+        os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    return proc, victim, (tmp_path / "first.log").read_text()[-3000:]
+
+
 def running_trial_with_a_run(db_path: Path) -> int | None:
     """The number of a RUNNING trial whose MLflow run exists, read through a read-only
     connection: `optuna.load_study` would create the schema itself if it came while the
@@ -185,17 +201,7 @@ def running_trial_with_a_run(db_path: Path) -> int | None:
 def test_a_killed_worker_fails_its_trial_and_the_rerun_completes(tmp_path, jets_file):
     spec_path = write_spec(tmp_path, jets_file, "killed", pruner=ALWAYS_PRUNE, n_trials=2)
     args = [str(spec_path), "--storage", storage_url(tmp_path)]
-    with open(tmp_path / "first.log", "w") as log:
-        proc = cli(args, tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    victim = None
-    deadline = time.time() + 300
-    while victim is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-        victim = running_trial_with_a_run(tmp_path / "optuna.db")
-    if victim is not None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    output = (tmp_path / "first.log").read_text()[-3000:]
+    proc, victim, output = signal_a_running_trial(args, tmp_path, signal.SIGKILL)
     assert victim is not None, f"no trial was seen running (exit {proc.returncode}):\n{output}"
     study = optuna.load_study(study_name="killed", storage=storage_url(tmp_path))
     assert study.trials[victim].state == TrialState.RUNNING  # nobody is left to say otherwise

@@ -4,11 +4,9 @@ running trial at once. Real SQLite MLflow stores, real Optuna storages, real pro
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from mae_tracker.sweep.__main__ import main
-from test_sweep import (ALWAYS_PRUNE, EXPERIMENT, child_runs, cli, finished, parent_runs, running_trial_with_a_run,
+from test_sweep import (ALWAYS_PRUNE, EXPERIMENT, child_runs, cli, finished, parent_runs, signal_a_running_trial,
                         storage_url, write_spec)
 
 
@@ -88,17 +86,7 @@ def test_two_sweeps_started_together_on_a_new_study_draw_different_trials(tmp_pa
 def test_sigterm_fails_the_trial_at_once_and_the_study_keeps_its_data(tmp_path, jets_file, other_jets_file):
     spec_path = write_spec(tmp_path, jets_file, "stopped", pruner=ALWAYS_PRUNE, n_trials=1)
     args = [str(spec_path), "--storage", storage_url(tmp_path)]
-    with open(tmp_path / "first.log", "w") as log:
-        proc = cli(args, tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    victim = None
-    deadline = time.time() + 300
-    while victim is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-        victim = running_trial_with_a_run(tmp_path / "optuna.db")
-    if victim is not None:
-        os.kill(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=60)
-    output = (tmp_path / "first.log").read_text()[-3000:]
+    proc, victim, output = signal_a_running_trial(args, tmp_path, signal.SIGTERM)
     assert victim is not None and proc.returncode == 143, f"exit {proc.returncode}:\n{output}"
 
     # At once, with no rerun: the trial FAIL, its runs and the parent KILLED, saying why.
