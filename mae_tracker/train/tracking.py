@@ -23,7 +23,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import mlflow  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 
-from mae_tracker.signals import Terminated, sigterm_as_exit  # noqa: E402
+from mae_tracker.signals import Terminated, sigterm_as_exit, without_frames  # noqa: E402
 
 ConfigT = TypeVar("ConfigT")
 
@@ -133,17 +133,18 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
         mark_model_training(run.info.experiment_id)
     else:
         run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name or None)
+    stopped: tuple[BaseException, str] | None = None
     try:
         with sigterm_as_exit():
             if tags:
                 mlflow.set_tags(tags)
             yield run
-    except Terminated:
-        _end_run("KILLED", "stopped by SIGTERM; resume with --resume " + run.info.run_id)
-        raise
-    except KeyboardInterrupt:
-        _end_run("KILLED", "interrupted (Ctrl-C); resume with --resume " + run.info.run_id)
-        raise
+    # A signal can land inside an MLflow call whose frames (kept by the traceback) hold the SQLite
+    # store's read lock: drop them and end the run outside the except block, or it waits and fails.
+    except Terminated as err:
+        stopped = (without_frames(err), "stopped by SIGTERM; resume with --resume " + run.info.run_id)
+    except KeyboardInterrupt as err:
+        stopped = (without_frames(err), "interrupted (Ctrl-C); resume with --resume " + run.info.run_id)
     except optuna.TrialPruned:
         _end_run("KILLED", "pruned")
         raise
@@ -152,6 +153,9 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
         raise
     else:
         mlflow.end_run(status="FINISHED")
+    if stopped is not None:
+        _end_run("KILLED", stopped[1])
+        raise stopped[0]
 
 
 def _end_run(status: str, reason: str) -> None:
@@ -232,24 +236,49 @@ def _param_str(value: Any) -> str:
 
 
 def log_provenance(config: dict[str, Any], data_path: Path, data_digest: str, split_sizes: dict[str, int],
-                   contexts: dict[str, int]) -> None:
-    """Config, seed, data file + digest, split sizes, package versions and git commit."""
+                   contexts: dict[str, int], dataset: dict[str, Any] | None = None) -> None:
+    """Config, seed, data + digest, split sizes, package versions and git commit.
+
+    ``dataset`` (``RunData.provenance()``): its files (one MLflow dataset input each, context
+    ``file``, with path, sha256 and jets as tags; all of them in ``dataset.json``), ``n_files``,
+    ``split_scheme`` and, for one-class-per-file datasets, the class balance of every split
+    (params ``class_balance_<split>``)."""
     log_params_once(config)
     log_params_once({f"split_{name}": size for name, size in split_sizes.items()})
+    dataset = dataset or {}
+    files = list(dataset.get("files", []))
+    if dataset:
+        log_params_once({"n_files": len(files), "split_scheme": dataset.get("split_scheme", ""),
+                         **{f"class_balance_{split}": " / ".join(f"{n} {name}" for name, n in counts.items())
+                            for split, counts in (dataset.get("class_balance") or {}).items()}})
+        mlflow.log_dict(dataset, "dataset.json")
     mlflow.set_tags({"data_path": str(data_path), "data_sha256": data_digest,
                      "git_commit": git_commit(), "seed": str(config.get("seed"))})
     mlflow.set_tags({f"version.{k}": v for k, v in package_versions().items()})
     mlflow.log_dict(config, "config.json")
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+
+    # MLflow stores at most 36 characters of a dataset digest; the full sha256 is a tag.
+    whole = MetaDataset(source=_dataset_source(data_path), name=data_path.name, digest=data_digest[:32])
+    inputs = [(whole, context, {"jets": str(size), "n_files": str(len(files) or 1)})
+              for context, size in contexts.items()]
+    for record in files[:MAX_FILE_INPUTS]:  # the rest are in dataset.json
+        path = Path(record["path"])
+        inputs.append((MetaDataset(source=_dataset_source(path), name=path.name, digest=record["sha256"][:32]),
+                       "file", {"path": str(path), "sha256": record["sha256"], "jets": str(record["n_jets"])}))
+    mlflow.log_inputs(datasets=[d for d, _, _ in inputs], contexts=[c for _, c, _ in inputs],
+                      tags_list=[t for _, _, t in inputs])
+
+
+MAX_FILE_INPUTS = 500  # per-file dataset inputs of one run; every file is in its dataset.json
+
+
+def _dataset_source(path: Path) -> Any:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
 
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
         warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(str(data_path.resolve()))
-    # MLflow stores at most 36 characters of a dataset digest; the full sha256 is a tag.
-    dataset = MetaDataset(source=source, name=data_path.name, digest=data_digest[:32])
-    for context, size in contexts.items():
-        mlflow.log_input(dataset, context=context, tags={"jets": str(size)})
+        return resolve_dataset_source(str(path.resolve()))
 
 
 class MetricBuffer:
