@@ -83,12 +83,13 @@ def generate(out: Path, workers: int, progress: bool, task: str, fmt: str, files
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also save mean quark and gluon images side by side to this PNG.")
 @clean_errors
-def inspect(path: Path, plot_path: Path | None) -> None:
-    """Summarise a jet-image HDF5 file: size, balance, per-channel statistics."""
+def inspect(path: str, plot_path: Path | None) -> None:
+    """Summarise jet images (a file, folder, glob or comma list; HDF5 or Parquet): size, balance,
+    per-channel statistics."""
     from mae_tracker.data.inspect import format_summary, plot_mean_images, summarize
 
     summary = summarize(path, with_mean_images=plot_path is not None)  # one pass over the file
@@ -245,14 +246,14 @@ def label_efficiency(encoder_uri: str, fractions: list | None, seeds: list | Non
 
 @main.command()
 @click.argument("encoder_uri")
-@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("data")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="HDF5 file for the latent vectors (written atomically).")
+              help="HDF5 file for the latent vectors (written atomically), rows in the data's jet order.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @clean_errors
-def encode(encoder_uri: str, data: Path, out: Path, batch_size: int, progress: bool) -> None:
-    """Compress DATA (a jet file) into the latent vectors of ENCODER_URI (runs:/<id>/encoder or
+def encode(encoder_uri: str, data: str, out: Path, batch_size: int, progress: bool) -> None:
+    """Compress DATA (a jet file, folder, glob or comma list) into the latent vectors of ENCODER_URI (runs:/<id>/encoder or
     models:/<name>@<alias>); prints the compression ratio and the MAE's reconstruction fidelity."""
     from mae_tracker.encode import encode_file
 
@@ -286,26 +287,30 @@ def migrate_model(model_uri: str, trust: bool) -> None:
 
 
 @main.command(name="sparse-copy")
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("data")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @clean_errors
-def sparse_copy(path: Path, progress: bool) -> None:
-    """Build (or finish building) the sparse copy of PATH that runs with --sparse-copy true read:
-    non-zero pixels only, memory-mapped, in the cache dir. Interrupt and rerun to resume."""
+def sparse_copy(data: str, progress: bool) -> None:
+    """Build (or finish building) the sparse copy of DATA (a file, folder, glob or comma list) that
+    runs with --sparse-copy true read: non-zero pixels only, memory-mapped, in the cache dir.
+    Interrupt and rerun to resume."""
     from mae_tracker.train.data import build_sparse_copy
 
-    copy = build_sparse_copy(path, progress=progress)
+    copy = build_sparse_copy(data, progress=progress)
     size = sum(f.stat().st_size for f in copy.directory.iterdir())
+    files = copy.info.files
+    source = sum(Path(f).stat().st_size for f in files)
+    what = "the file" if len(files) == 1 else f"the {len(files)} files"
     click.echo(f"{copy.directory}: {len(copy):,} jets, {copy.occupancy:.2%} of pixel values non-zero, "
-               f"{size / 2**20:.1f} MiB (the file: {path.stat().st_size / 2**20:.1f} MiB)")
+               f"{size / 2**20:.1f} MiB ({what}: {source / 2**20:.1f} MiB)")
 
 
 @main.command(name="prune-sparse-copies")
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
 @clean_errors
 def prune_sparse_copies(dry_run: bool) -> None:
-    """Delete the sparse copies in the cache dir whose file is gone or has changed, with their
-    interrupted builds and lock files. Copies of files as they are now are kept."""
+    """Delete the sparse copies in the cache dir whose file (or any file of their dataset) is gone or
+    has changed, with their interrupted builds and lock files. Copies of data as it is now are kept."""
     from mae_tracker.train.data import prune_sparse_copies as prune
 
     copies = prune(dry_run=dry_run)

@@ -1,4 +1,4 @@
-"""Compression: the latent vectors of a pretrained encoder for a jet file (``mae-tracker encode``).
+"""Compression: the latent vectors of a pretrained encoder for a jet file or dataset (``mae-tracker encode``).
 
 :func:`encode_file` streams a validated jet-image file through an encoder logged by
 ``mae-tracker pretrain`` (any MLflow model URI: ``runs:/<id>/encoder``, ``models:/<name>@<alias>``,
@@ -6,7 +6,9 @@
 
 * ``latents`` (N, D) float32, ``y`` (N,) and ``pt`` (N,) when the source has it, rows in the
   source's order;
-* attributes: ``encoder_uri``, ``data_sha256`` (of the source file), ``source`` (its path),
+* attributes: ``encoder_uri``, ``data_sha256`` (the source's dataset digest: one file's sha256),
+  ``source`` (its path: the file, or the dataset's folder), ``files`` (JSON: each file's path,
+  sha256 and jets, in row order: a dataset's rows are its files' jets, files by sha256),
   ``preprocessing`` (JSON), ``encoder_config`` (JSON), ``pretrain_run_id``, ``task``,
   ``class_names``, ``channel_names`` and the figures below (``compression`` JSON).
 
@@ -37,7 +39,9 @@ import numpy as np
 import torch
 
 from mae_tracker.data.errors import DataError
-from mae_tracker.data.jetfile import JetImageReader, file_digest, iterate_batches, open_jet_file
+from mae_tracker.data.dataset import JetDataset, open_dataset
+from mae_tracker.data.files import DataSpec
+from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.preprocess import Preprocessor
 
 FIDELITY_SEED = 1234
@@ -57,7 +61,19 @@ def _storage_bytes(dataset: h5py.Dataset) -> int:
 
 
 @torch.no_grad()
-def _fidelity(pretrain_run_id: str | None, reader: JetImageReader, n: int, preprocessor: Preprocessor,
+def _stored_image_bytes(dataset: JetDataset) -> int:
+    """Bytes the images take on disk: an HDF5 file's image dataset, a Parquet file's whole size."""
+    total = 0
+    for info in dataset.file_infos:
+        if info.format == "parquet":
+            total += info.path.stat().st_size
+        else:
+            with h5py.File(info.path, "r") as src:
+                total += _storage_bytes(src[info.images_key])
+    return total
+
+
+def _fidelity(pretrain_run_id: str | None, reader: JetDataset, n: int, preprocessor: Preprocessor,
               channel_names: tuple[str, ...], batch_size: int) -> dict[str, Any]:
     if not pretrain_run_id:
         return {"recon_mse": None, "reason": "the encoder names no pretrain run"}
@@ -94,7 +110,7 @@ def _fidelity(pretrain_run_id: str | None, reader: JetImageReader, n: int, prepr
     return out
 
 
-def encode_file(encoder_uri: str, data: Path | str, out: Path | str, *, batch_size: int = 256,
+def encode_file(encoder_uri: str, data: DataSpec, out: Path | str, *, batch_size: int = 256,
                 progress: bool = True, fidelity_jets: int = 512) -> dict[str, Any]:
     """Write the latent vectors of ``encoder_uri`` for every jet of ``data`` into ``out``.
 
@@ -107,33 +123,35 @@ def encode_file(encoder_uri: str, data: Path | str, out: Path | str, *, batch_si
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    data, out = Path(data).expanduser(), Path(out).expanduser()
-    if out.exists() and data.exists() and os.path.samefile(data, out):  # same inode: symlink, hard link, ../
-        raise ValueError(f"--out {out} is the input file {data}: encoding would replace the jets with their "
-                         "latents; write to another file")
-    info = open_jet_file(data, check_values=False)
+    out = Path(out).expanduser()
+    dataset = open_dataset(data)  # a file, folder, glob or list; rows in the dataset's jet order
+    info = dataset.info
+    for source in info.files:
+        if out.exists() and os.path.samefile(source, out):  # same inode: symlink, hard link, ../
+            raise ValueError(f"--out {out} is the input file {source}: encoding would replace the jets with their "
+                             "latents; write to another file")
     model, meta = load_model(encoder_uri, kind="encoder")
     preprocessor = model.preprocessor  # as rebuilt from the model's own config
     preprocessing, encoder_config = preprocessor.to_dict(), model.encoder.config.to_dict()
     if preprocessor.channels != info.channels:
-        raise DataError(data, f"has {info.channels} channels but encoder {encoder_uri} was trained on "
+        raise DataError(info.path, f"has {info.channels} channels but encoder {encoder_uri} was trained on "
                               f"{preprocessor.channels}")
     expected = _expected_shape(encoder_config)
     if expected is not None and expected != info.image_shape:
-        raise DataError(data, f"images are {info.image_shape} (C, H, W) but encoder {encoder_uri} expects {expected}")
+        raise DataError(info.path, f"images are {info.image_shape} (C, H, W) but encoder {encoder_uri} expects {expected}")
     model.eval()
-    digest = file_digest(data)
+    digest = dataset.digest
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     start = time.perf_counter()
     n = info.n_jets
     try:
-        with JetImageReader(info) as reader, h5py.File(tmp, "w-") as f:
+        with dataset as reader, h5py.File(tmp, "w-") as f:
             latents = None
             rows = 0
             batches = iterate_batches(reader, np.arange(n), batch_size, preprocessor=preprocessor)
             with torch.no_grad():
-                for images, _ in tqdm(batches, desc=f"encode {data.name}", unit="batch", disable=not progress):
+                for images, _ in tqdm(batches, desc=f"encode {info.path.name}", unit="batch", disable=not progress):
                     # the batches are preprocessed already: straight into the encoder behind the model
                     z = model.encoder.features(images, pool=model.pool)
                     z = z.detach().cpu().numpy().astype(np.float32, copy=False).reshape(len(images), -1)
@@ -149,8 +167,7 @@ def encode_file(encoder_uri: str, data: Path | str, out: Path | str, *, batch_si
             latent_dim = int(latents.shape[1])
             f.flush()
             latent_stored = _storage_bytes(latents)
-            with h5py.File(info.path, "r") as src:
-                image_stored = _storage_bytes(src[info.images_key])
+            image_stored = _stored_image_bytes(dataset)
             c, h, w = info.image_shape
             figures: dict[str, Any] = {
                 "n_jets": n, "latent_dim": latent_dim,
@@ -166,6 +183,7 @@ def encode_file(encoder_uri: str, data: Path | str, out: Path | str, *, batch_si
                 "encoder_uri": encoder_uri, "data_sha256": digest, "source": str(info.path),
                 "preprocessing": json.dumps(preprocessing), "encoder_config": json.dumps(encoder_config),
                 "pretrain_run_id": str(meta.get("pretrain_run_id", "")), "task": info.task,
+                "files": json.dumps(dataset.file_records()),
                 "class_names": list(info.class_names), "channel_names": list(info.channel_names),
                 "compression": json.dumps(figures), "creator": "mae-tracker",
             })

@@ -58,7 +58,8 @@ def run_baseline(config: BaselineConfig, progress: bool = True) -> dict[str, Any
         if not config.resume:
             tracking.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
                                     {"train": len(train_indices), "val": len(data.splits["val"]),
-                                     "test": len(data.splits["test"])})
+                                     "test": len(data.splits["test"])},
+                                    dataset=data.provenance())
             tracking.log_params_once({"labelled_jets": len(train_indices)})
         started = time.perf_counter()
         if config.kind == "cnn":

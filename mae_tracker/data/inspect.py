@@ -1,4 +1,4 @@
-"""`mae-tracker inspect`: what is in a jet-image file, in one streamed pass.
+"""`mae-tracker inspect`: what is in a jet-image file or dataset (folder, glob, list), in one streamed pass.
 
 Per channel: occupancy (fraction of non-zero pixels) and the per-image channel sum ("energy":
 pT for tracks, energy for calorimeters), overall and per class, plus the largest pixel. Quark jets
@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mae_tracker.data.jetfile import JetImageReader, open_jet_file
+from mae_tracker.data.dataset import open_dataset
+from mae_tracker.data.files import DataSpec
 from mae_tracker.data.validate import SCAN_BLOCK_BYTES
 
 SCHEMA_NAMES = {"X_jets": "e2e-quark-gluon", "X": "e2e-electron-photon"}
@@ -40,15 +41,16 @@ def _moments(values: np.ndarray) -> dict[str, float]:
             "std": float(values.std()), "max": float(values.max())}
 
 
-def summarize(path: str | os.PathLike[str], *, with_mean_images: bool = False,
+def summarize(path: DataSpec, *, with_mean_images: bool = False,
               progress: bool | None = None) -> dict[str, Any]:
     """Validate ``path`` and summarise it; JSON-able unless ``with_mean_images``.
 
     ``with_mean_images`` adds ``mean_images`` {class name: float32 (C, H, W)} for
     :func:`plot_mean_images`, from the same pass. ``progress`` None shows a bar only on a terminal.
     """
-    info = open_jet_file(path, check_values=False)  # pixel values are checked in the pass below
-    reader = JetImageReader(info)
+    reader = open_dataset(path)  # pixel values are checked in the pass below
+    info = reader.info
+    first = reader.file_infos[0]
     names = _class_names(info.images_key, info.attrs)
     labels = reader.labels()
     c, h, w = info.image_shape
@@ -104,7 +106,8 @@ def summarize(path: str | os.PathLike[str], *, with_mean_images: bool = False,
         "images_key": info.images_key,
         "n_jets": n,
         "image_shape": list(info.image_shape),
-        "layout": "channels-last (N, H, W, C)" if info.channels_last else "channels-first (N, C, H, W)",
+        "layout": "channels-last (N, H, W, C)" if first.channels_last else "channels-first (N, C, H, W)",
+        "format": info.format, "digest": reader.digest, "files": reader.file_records(),
         "channel_names": list(info.channel_names),
         "classes": {names[lab]: {"label": lab, "count": int(counts[lab]), "fraction": float(counts[lab] / n)}
                     for lab in (1, 0)},
@@ -122,8 +125,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     c, h, w = summary["image_shape"]
     classes = summary["classes"]
     class_names = list(classes)
+    files = summary.get("files", [])
     lines = [
-        f"file      {summary['path']}",
+        f"file      {summary['path']}" if len(files) <= 1 else
+        f"dataset   {summary['path']}: {len(files)} {summary['format']} files, digest {summary['digest'][:12]}",
         f"schema    {summary['schema']} (images '{summary['images_key']}', labels 'y')",
         f"jets      {summary['n_jets']:,}",
         f"image     {c} x {h} x {w} (C x H x W), stored {summary['layout']}",
@@ -153,7 +158,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_mean_images(path: str | os.PathLike[str], out_png: str | os.PathLike[str], *,
+def plot_mean_images(path: DataSpec, out_png: str | os.PathLike[str], *,
                      summary: dict[str, Any] | None = None) -> Path:
     """Save mean images per class side by side, one row per channel, log colour scale.
 

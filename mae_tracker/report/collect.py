@@ -152,12 +152,12 @@ def class_names(frame: pd.DataFrame) -> tuple[str, str]:
             signal, background = names.split(",", 1)
             return signal, background
     for path in dict.fromkeys(frame.data_path):
-        if path and Path(path).is_file():
-            from mae_tracker.data.jetfile import JetImageReader
+        if path and Path(path).exists():  # a file, or a dataset's folder
+            from mae_tracker.data.dataset import open_dataset
 
             try:
-                with JetImageReader(path) as reader:
-                    signal, background = reader.info.class_names[:2]
+                with open_dataset(path) as dataset:
+                    signal, background = dataset.info.class_names[:2]
                     return str(signal), str(background)
             except Exception:  # noqa: BLE001 - a file that moved on or changed: fall back
                 continue

@@ -80,11 +80,15 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, worke
 # --- steps -----------------------------------------------------------------------------------
 
 def _data(spec: StudySpec, workers: int | None, progress: bool, echo: Echo) -> Path:
-    if "file" in spec.data:
-        path = Path(spec.data["file"])
-        if not path.exists():
-            raise FileNotFoundError(f"{spec.path}: data.file: no such file: {path}")
-        return path
+    if "file" in spec.data:  # a file, folder, glob or comma list (absolute)
+        from mae_tracker.data.errors import DataError
+        from mae_tracker.data.files import resolve_files
+
+        try:
+            resolve_files(spec.data["file"])
+        except DataError as err:
+            raise FileNotFoundError(f"{spec.path}: data.file: no such file or no data files: {err}") from None
+        return Path(spec.data["file"])
     from mae_tracker.data.default import default_dataset, default_dataset_path
     from mae_tracker.data.tasks import make_config
 

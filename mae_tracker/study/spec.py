@@ -118,13 +118,18 @@ def _sweep(raw: Any, path: Path, fail: Fail) -> SweepSpec:
 
 def _data(raw: Any, path: Path, fail: Fail) -> dict[str, Any]:
     if not isinstance(raw, dict) or not raw:
-        raise fail("data", "must be {file: PATH} or generator settings {task, n_jets, seed, preset, ...}")
+        raise fail("data", "must be {file: PATH} (a file, folder, glob or list) or generator settings "
+                          "{task, n_jets, seed, preset, ...}")
     check_keys(raw, DATA_KEYS, "data.", fail)
     if "file" in raw:
         if len(raw) > 1:
             raise fail("data.file", "give either a file or generator settings, not both")
-        file = Path(str(raw["file"])).expanduser()
-        return {"file": str(file if file.is_absolute() else (path.parent / file).resolve())}
+        from mae_tracker.data.files import absolute_spec
+
+        entries = raw["file"] if isinstance(raw["file"], list) else [raw["file"]]  # files, folders, globs
+        if not entries or not all(isinstance(e, (str, Path)) and str(e).strip() for e in entries):
+            raise fail("data.file", "must be a path, folder or glob, or a list of them")
+        return {"file": absolute_spec([str(e) for e in entries], base=path.parent)}  # relative to this file
     settings = dict(raw)
     settings.setdefault("task", "quark-gluon")
     integer(settings.get("n_jets", 0), "data.n_jets", fail, minimum=2)

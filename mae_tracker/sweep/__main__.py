@@ -23,8 +23,9 @@ from mae_tracker.cli_errors import clean_errors
               help="Worker processes on the same study, each with cores // N torch threads.")
 @click.option("--worker", is_flag=True,
               help="Only run trials of a sweep already started (another machine joining the study).")
-@click.option("--data", default=None, help="Jet-image HDF5 file for every trial (overrides the YAML); a "
-              "study keeps the file and split of its first trial.")
+@click.option("--data", default=None, help="Jet images for every trial (overrides the YAML): an HDF5 or Parquet "
+              "file, a folder, a glob or a comma list; a study keeps the dataset (by digest) and split of its first "
+              "trial.")
 @click.option("--progress/--no-progress", default=None,
               help="Per-epoch progress bars of the arms; default: on in a terminal with one worker. "
                    "One line per finished trial is always printed.")

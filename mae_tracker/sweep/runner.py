@@ -20,7 +20,8 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
-from mae_tracker.data.files import absolute_spec
+from mae_tracker.data.errors import DataError
+from mae_tracker.data.files import absolute_spec, resolve_files
 from mae_tracker.signals import Terminated, sigterm_as_exit, sigterm_received, without_frames
 from mae_tracker.sweep import binding, ranks
 from mae_tracker.sweep import parent as parent_run
@@ -179,7 +180,12 @@ def data_binding(spec: SweepSpec, progress: bool = False) -> binding.DataBinding
     from mae_tracker.train.config import PretrainConfig
     from mae_tracker.train.data import prepare_data
 
-    config = PretrainConfig(**spec.fixed)  # data: a file, folder, glob or list (bound by its dataset digest)
+    if spec.fixed.get("data"):  # a file, folder, glob or list; the study binds to its dataset digest
+        try:
+            resolve_files(spec.fixed["data"])
+        except DataError as err:
+            raise FileNotFoundError(f"{spec.path}: fixed.data: no such file or no data files: {err}") from None
+    config = PretrainConfig(**spec.fixed)
     prepared = prepare_data(config, progress=progress)
     return binding.DataBinding(str(Path(prepared.path).resolve()), prepared.digest,
                                binding.split_text(config.to_dict()))

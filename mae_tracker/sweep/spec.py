@@ -151,7 +151,10 @@ def parse_spec(raw: Any, *, path: Path, text: str = "") -> SweepSpec:
         for name, p in parameters.items():
             if p.distribution != "categorical":
                 raise fail(f"parameters.{name}", "method grid needs every parameter as a list of `values`")
-    fixed = config_fields(mapping(raw, "fixed", fail), PretrainConfig, SWEEP_OWNED, "fixed", fail)
+    fixed = mapping(raw, "fixed", fail)
+    if isinstance(fixed.get("data"), list):  # a YAML list of files, folders or globs: one comma string
+        fixed = {**fixed, "data": ",".join(str(entry) for entry in fixed["data"])}
+    fixed = config_fields(fixed, PretrainConfig, SWEEP_OWNED, "fixed", fail)
     overlap = sorted(set(fixed) & set(parameters))
     if overlap:
         raise fail(f"fixed.{overlap[0]}", "is also a searched parameter; keep it in one place")

@@ -21,8 +21,9 @@ class CommonConfig:
     """Fields shared by every arm, so that runs are comparable run for run."""
 
     data: str = field(default="", metadata={
-        "help": "Jet-image HDF5 file; empty = the file the --encoder-uri encoder was pretrained on (checked by "
-                "its sha256), else the default generated dataset."})
+        "help": "Jet images: an HDF5 or Parquet file, a folder, a glob or a comma-separated list of files; "
+                "empty = the data the --encoder-uri encoder was pretrained on (checked by its digest), else the "
+                "default generated dataset."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the pretrain/train/val/test split."})
     pretrain_fraction: float = 0.5
     train_fraction: float = 0.3
@@ -102,7 +103,8 @@ class PretrainConfig(CommonConfig):
     decoder_dim: int = field(default=0, metadata={"help": "Decoder width; 0 = the variant's."})
     decoder_depth: int = field(default=0, metadata={"help": "Decoder depth; 0 = the variant's."})
     decoder_heads: int = field(default=0, metadata={"help": "Decoder heads; 0 = the variant's."})
-    max_jets: int = field(default=0, metadata={"help": "Cap on pretraining jets; 0 = the whole split."})
+    max_jets: int = field(default=0, metadata={"help": "Cap on pretraining jets: the pretrain split's first N jets in the dataset's jet "
+                                           "order (files by sha256, then row); 0 = the whole split."})
     eval_jets: int = field(default=2048, metadata={"help": "Test-split jets for the per-epoch reconstruction loss."})
     image_every: int = field(default=5, metadata={"help": "Log reconstruction grids every N epochs (and the last)."})
     image_jets: int = field(default=4, metadata={"help": "Jets per reconstruction grid."})

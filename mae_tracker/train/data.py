@@ -1,181 +1,208 @@
-"""Turn a run config into data the loops can use: file, validated reader, splits, digest."""
+"""Turn a run config into data the loops can use: the dataset, its reader, splits, digest.
+
+``--data`` is a dataset (:func:`mae_tracker.data.dataset.open_dataset`): a file, a folder, a
+glob or a list of files (comma-separated), HDF5 and/or Parquet. Its digest is order-independent
+(one file: that file's sha256). Splits use the "per-file-hash" scheme (exact sizes per file, a
+jet's split fixed by its file's sha256 and its row: adding files moves no jet). Runs logged before
+it (no ``split_scheme`` param) split one file with ``make_splits``' seeded permutation
+("permutation"): a downstream arm of such an encoder, or a resumed such run, keeps that scheme.
+"""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import os
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mae_tracker.data.jetfile import JetFileInfo, JetImageReader, file_digest, make_splits, open_jet_file
-from mae_tracker.data.sparse import SparseJetImages, recorded_source, remove_copy, sparse_copy
+from mae_tracker.data.dataset import DatasetInfo, JetDataset, format_class_balance, open_dataset
+from mae_tracker.data.errors import DataError
+from mae_tracker.data.files import DATA_SUFFIXES, absolute_spec
+from mae_tracker.data.jetfile import make_splits
+from mae_tracker.data.sparse import SparseJetImages, sparse_copy
+from mae_tracker.data.splits import SPLIT_SCHEME
 from mae_tracker.paths import cache_dir
 from mae_tracker.train.config import CommonConfig
+from mae_tracker.train.sparse_cache import (CachedCopy, build_sparse_copy, digest_cache_dir, prune_sparse_copies,
+                                            sparse_copies_root, sparse_copy_dir)
+
+__all__ = ["CachedCopy", "LEGACY_SPLIT_SCHEME", "RunData", "build_sparse_copy", "data_file", "encoder_data_file",
+           "prepare_data", "prune_sparse_copies", "sparse_copies_root", "sparse_copy_dir", "split_scheme",
+           "subsample"]
+
+LEGACY_SPLIT_SCHEME = "permutation"  # make_splits over one file: every run logged before split_scheme
 
 
 @dataclass
 class RunData:
-    path: Path
-    info: JetFileInfo
-    reader: JetImageReader | SparseJetImages
+    path: Path  # the file, the folder given, or the files' common folder
+    info: DatasetInfo
+    reader: JetDataset | SparseJetImages
     splits: dict[str, np.ndarray]
-    digest: str
+    digest: str  # the dataset digest (one file: its sha256)
+    dataset: JetDataset | None = None
+    split_scheme: str = SPLIT_SCHEME
+    spec: str = ""  # the data as given, entries made absolute (what an encoder records to find it again)
+    class_balance: dict[str, dict[str, int]] = field(default_factory=dict)  # class-per-file datasets only
 
     @property
     def split_sizes(self) -> dict[str, int]:
         return {name: int(len(indices)) for name, indices in self.splits.items()}
 
+    def provenance(self) -> dict[str, Any]:
+        """What a run logs about its data (tracking.log_provenance): the dataset's description
+        (digest, n_files, each file's path, sha256 and jets), the split scheme, the class balance."""
+        described = self.dataset.describe() if self.dataset is not None else {"digest": self.digest, "files": []}
+        return {**described, "spec": self.spec, "split_scheme": self.split_scheme,
+                "class_balance": self.class_balance}
+
 
 def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
-    """Validate the file (DataError on any problem) and split it, seeded.
+    """Open and validate the dataset (DataError, one line naming the file, on any problem) and
+    split it, seeded, before any run exists.
 
     Every arm calls this with the same split fields, so pretraining never sees the
     validation or test jets that the downstream arms are scored on.
     """
-    path, digest = data_file(config, progress=progress)
-    info = open_jet_file(path, check_values=False)  # structure and labels: cheap
-    digest = digest or file_digest(path)
-    reader: JetImageReader | SparseJetImages = JetImageReader(info)
+    spec = data_file(config, progress=progress)[0]
+    dataset = open_dataset(spec, digest_cache=digest_cache_dir(), progress=progress)
+    scheme = split_scheme(config)
+    if scheme == LEGACY_SPLIT_SCHEME and len(dataset.file_infos) > 1:
+        raise ValueError(f"{config.data or spec}: {len(dataset.file_infos)} files, but "
+                         f"{getattr(config, 'encoder_uri', '') or config.resume} split its data with the one-file "
+                         f"'{LEGACY_SPLIT_SCHEME}' scheme; give it the single file it was pretrained on")
+    reader: JetDataset | SparseJetImages = dataset
     if getattr(config, "sparse_copy", False):
         # Building the copy reads every pixel (DataError on NaN/inf): it is the values scan too.
-        reader = sparse_copy(reader, sparse_copy_dir(digest), progress=progress)
+        reader = sparse_copy(dataset, sparse_copy_dir(dataset.digest), progress=progress)
     else:
-        _check_values_once(path, digest, progress)
+        _check_values_once(dataset, progress)
     fractions = {"pretrain": config.pretrain_fraction, "train": config.train_fraction,
                  "val": config.val_fraction, "test": config.test_fraction}
-    splits = make_splits(info.n_jets, fractions, seed=config.split_seed)
-    return RunData(path=path, info=info, reader=reader, splits=splits, digest=digest)
+    splits = (dataset.splits(fractions, seed=config.split_seed) if scheme != LEGACY_SPLIT_SCHEME
+              else make_splits(dataset.info.n_jets, fractions, seed=config.split_seed))
+    balance = dataset.class_balance(splits) if len(dataset.file_infos) > 1 and dataset.class_per_file else {}
+    if balance:
+        print(f"class balance per split (one class per file):\n{format_class_balance(balance)}",
+              file=sys.stderr, flush=True)
+    return RunData(path=Path(os.path.abspath(dataset.info.path)), info=dataset.info, reader=reader, splits=splits, digest=dataset.digest,
+                   dataset=dataset, split_scheme=scheme, spec=absolute_spec(spec), class_balance=balance)
 
 
-def data_file(config: CommonConfig, progress: bool = True) -> tuple[Path, str]:
-    """The file a run reads, and its sha256 when already known ('' otherwise).
+def data_file(config: CommonConfig, progress: bool = True) -> tuple[str, str]:
+    """The data a run reads (a file, folder, glob or comma list) and its digest when already
+    known ('' otherwise).
 
-    ``--data`` when given. Else a downstream arm with ``--encoder-uri`` reads the file the encoder
+    ``--data`` when given. Else a downstream arm with ``--encoder-uri`` reads the data the encoder
     was pretrained on (if it is still there with the digest the encoder records: else an error
     asking for ``--data``), and any other run the default generated dataset.
     """
     if config.data:
-        return Path(config.data), ""
+        return str(config.data), ""
     encoder_uri = getattr(config, "encoder_uri", "")
     if encoder_uri:
         return encoder_data_file(encoder_uri)
     from mae_tracker.data.default import default_dataset  # imported here: reading real files needs no Pythia
 
-    return default_dataset(progress=progress), ""
+    return str(default_dataset(progress=progress)), ""
 
 
-def encoder_data_file(encoder_uri: str) -> tuple[Path, str]:
-    """(path, sha256) of the data file ``encoder_uri`` was pretrained on: the model metadata's
-    ``data_path`` (else its pretrain run's ``data_path`` tag), checked against its ``data_sha256``.
-    ValueError (one line, asking for ``--data``) when it is not readable here as it was."""
+def _encoder_metadata(encoder_uri: str) -> dict[str, Any]:
     import mlflow
 
     from mae_tracker.train.tracking import configure_tracking
 
     configure_tracking()
     try:
-        metadata = dict(mlflow.models.get_model_info(encoder_uri).metadata or {})
+        return dict(mlflow.models.get_model_info(encoder_uri).metadata or {})
     except Exception as err:  # MLflow raises several types for a bad URI
         raise ValueError(f"cannot load encoder {encoder_uri!r}: {str(err).splitlines()[0]}") from err
+
+
+def _run_params(run_id: str) -> dict[str, str] | None:
+    """A run's params, None when the run is not in this tracking store."""
+    import mlflow
+
+    try:
+        return dict(mlflow.MlflowClient().get_run(run_id).data.params)
+    except Exception:  # a registered model from another store: its run is not here
+        return None
+
+
+def split_scheme(config: CommonConfig) -> str:
+    """The split scheme this run must use: a resumed run's own, else its encoder's pretrain run's
+    (``split_scheme`` in the encoder's metadata or its run's params; neither: 'permutation', the
+    only scheme before), else the current one. So no jet an encoder was pretrained on moves into
+    a labelled split of its downstream arms."""
+    if config.resume:
+        params = _run_params(config.resume) or {}
+        return params.get("split_scheme", LEGACY_SPLIT_SCHEME if "split_pretrain" in params else SPLIT_SCHEME)
+    encoder_uri = getattr(config, "encoder_uri", "")
+    if not encoder_uri:
+        return SPLIT_SCHEME
+    metadata = _encoder_metadata(encoder_uri)
+    if metadata.get("split_scheme"):
+        return str(metadata["split_scheme"])
+    run_id = str(metadata.get("pretrain_run_id", ""))
+    params = (_run_params(run_id) if run_id else None) or {}
+    return params.get("split_scheme", LEGACY_SPLIT_SCHEME)
+
+
+def encoder_data_file(encoder_uri: str) -> tuple[str, str]:
+    """(data, digest) ``encoder_uri`` was pretrained on: the model metadata's ``data_spec`` (a
+    file, folder, glob or list) or ``data_path`` (else its pretrain run's ``data_path`` tag),
+    checked against its ``data_sha256`` (the dataset digest). ValueError (one line, asking for
+    ``--data``) when it is not readable here as it was."""
+    import mlflow
+
+    metadata = _encoder_metadata(encoder_uri)
     digest, run_id = str(metadata.get("data_sha256", "")), str(metadata.get("pretrain_run_id", ""))
     if not digest:
-        raise ValueError(f"encoder {encoder_uri} records no data digest, so its data file cannot be checked; "
+        raise ValueError(f"encoder {encoder_uri} records no data digest, so its data cannot be checked; "
                          "give the file with --data")
-    recorded = str(metadata.get("data_path", ""))  # models logged before it: their pretrain run's tag
-    if not recorded and run_id:
+    recorded = str(metadata.get("data_spec", "") or metadata.get("data_path", ""))
+    if not recorded and run_id:  # models logged before data_path: their pretrain run's tag
         try:
             recorded = mlflow.MlflowClient().get_run(run_id).data.tags.get("data_path", "")
         except Exception:  # a registered model from another store: its run is not here
             recorded = ""
     if not recorded:
-        raise ValueError(f"encoder {encoder_uri} does not say where its data file (sha256 {digest[:12]}) is "
+        raise ValueError(f"encoder {encoder_uri} does not say where its data (sha256 {digest[:12]}) is "
                          f"(pretrain run {run_id or '?'} not found here); give the file with --data")
-    path = Path(recorded)
+    what = "the file" if Path(recorded).suffix.lower() in DATA_SUFFIXES and "," not in recorded else "the data"
     try:
-        found = file_digest(path) if path.is_file() else ""
+        found = open_dataset(recorded, digest_cache=digest_cache_dir()).digest
+    except DataError as err:
+        if err.problem in ("file not found", "no files match this pattern"):
+            raise ValueError(f"encoder {encoder_uri} was pretrained on {recorded}, which is not here; "
+                             f"give {what} with --data") from None
+        raise ValueError(f"encoder {encoder_uri} was pretrained on {recorded}, which is not readable here as it "
+                         f"was ({err}); give {what} with --data") from None
     except OSError as err:
-        raise ValueError(f"encoder {encoder_uri} was pretrained on {path}, which cannot be read here "
-                         f"({err.strerror or err}); give the file with --data") from None
-    if not found:
-        raise ValueError(f"encoder {encoder_uri} was pretrained on {path}, which is not here; "
-                         "give the file with --data")
+        raise ValueError(f"encoder {encoder_uri} was pretrained on {recorded}, which cannot be read here "
+                         f"({err.strerror or err}); give {what} with --data") from None
     if found != digest:
-        raise ValueError(f"encoder {encoder_uri} was pretrained on {path} (sha256 {digest[:12]}), which has "
-                         f"changed since (sha256 {found[:12]}); give the file with --data")
-    return path, digest
+        raise ValueError(f"encoder {encoder_uri} was pretrained on {recorded} (sha256 {digest[:12]}), which has "
+                         f"changed since (sha256 {found[:12]}); give {what} with --data")
+    return recorded, digest
 
 
-def sparse_copies_root() -> Path:
-    return cache_dir() / "sparse"
-
-
-def sparse_copy_dir(digest: str) -> Path:
-    """Where the sparse copy of a file lives: named by its content, so a changed file gets a new one."""
-    return sparse_copies_root() / digest
-
-
-@dataclass
-class CachedCopy:
-    """A sparse copy in the cache (or an interrupted build, or a lone lock file) and its fate."""
-
-    digest: str
-    source: Path | None
-    bytes: int
-    stale: str  # why it can go; "" = it is the copy of its file as that file is now
-    removed: bool = False
-
-
-def prune_sparse_copies(dry_run: bool = False) -> list[CachedCopy]:
-    """Delete the sparse copies whose file is gone or has changed since (a copy is named by
-    the content it was made from), interrupted builds of such files and lock files left
-    alone. A copy being built is left; runs reading a deleted copy keep their maps, and a
-    run that needs it again rebuilds it. Returns every copy found, deleted or kept."""
-    root = sparse_copies_root()
-    stems = {p.name.split(".")[0] for p in root.iterdir()} if root.is_dir() else set()
-    names = sorted(stem for stem in stems if re.fullmatch(r"[0-9a-f]{64}", stem))  # sha256 names only
-    found = []
-    for digest in names:
-        directory, partial = root / digest, root / f"{digest}.partial"
-        source = recorded_source(directory) or recorded_source(partial)
-        size = sum(f.stat().st_size for d in (directory, partial) if d.is_dir() for f in d.iterdir())
-        if not directory.exists() and not partial.exists():
-            stale = "a lock file of no copy"
-        elif source is None:
-            stale = ""  # an interrupted build from before builds recorded their file: resumable
-        elif not source.is_file():
-            stale = f"its file {source} is gone"
-        elif file_digest(source) != digest:
-            stale = f"its file {source} has changed"
-        else:
-            stale = ""
-        entry = CachedCopy(digest, source, size, stale)
-        if stale and not dry_run:
-            entry.removed = remove_copy(directory)
-        found.append(entry)
-    return found
-
-
-def build_sparse_copy(path: Path, progress: bool = True) -> SparseJetImages:
-    """The sparse copy that ``sparse_copy=True`` runs of ``path`` read, built (or finished) now:
-    under torchrun, build it ahead so the other ranks do not wait on rank 0 for it."""
-    info = open_jet_file(path, check_values=False)
-    return sparse_copy(JetImageReader(info), sparse_copy_dir(file_digest(path)), progress=progress)
-
-
-def _check_values_once(path: Path, digest: str, progress: bool) -> None:
+def _check_values_once(dataset: JetDataset, progress: bool) -> None:
     """Scan every pixel for NaN/inf once per file content, before any run is opened.
 
     Decompressing a large file takes minutes while its sha256 takes seconds, so a marker
-    named by the digest records files already scanned. Batches are checked as they are
-    read anyway; this makes a bad file fail before a run exists, not mid-training.
+    named by each file's sha256 records the files already scanned: a grown dataset scans only
+    its new files. Batches are checked as they are read anyway; this makes a bad file fail
+    before a run exists, not mid-training.
     """
-    marker = cache_dir() / "validated" / digest
-    if marker.exists():
-        return
-    open_jet_file(path, check_values=True, progress=progress)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    markers = cache_dir() / "validated"
+    done = {d for d in dataset.file_digests if (markers / d).exists()}
+    for scanned in dataset.check_values(skip=done, progress=progress):
+        markers.mkdir(parents=True, exist_ok=True)
+        (markers / scanned).touch()
 
 
 def subsample(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -68,7 +68,8 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
         elif ctx.is_main:
             tracking.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
                                     {"train": len(train_indices), "val": len(data.splits["val"]),
-                                     "test": len(data.splits["test"])})
+                                     "test": len(data.splits["test"])},
+                                    dataset=data.provenance())
             mlflow.log_params({"labelled_jets": len(train_indices),
                                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                                **loop.scale_info(config)})
@@ -129,7 +130,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
                                "preprocessing": preprocessor.to_dict(),
                                "pretrain_run_id": encoder_meta.get("pretrain_run_id", ""),
                                "channel_names": list(data.info.channel_names), "data_sha256": data.digest,
-                               "input_layout": JetTagger.input_layout})
+                               "split_scheme": data.split_scheme, "input_layout": JetTagger.input_layout})
         ckpt.unlink(missing_ok=True)  # the logged classifier replaces it
     return distributed.broadcast_object({**metrics, **final, "run_id": run_id})
 
@@ -189,7 +190,7 @@ def predict(model: torch.nn.Module, data: RunData | Any, indices: np.ndarray, pr
     data or any reader (e.g. FrozenFeatures, with ``model`` a HeadOnFeatures)."""
     model.eval()
     labels, scores = [], []
-    for images, batch_labels in iterate_batches(getattr(data, "reader", data), indices, batch_size, shuffle=False,
+    for images, batch_labels in iterate_batches(data.reader if isinstance(data, RunData) else data, indices, batch_size, shuffle=False,
                                                 preprocessor=preprocessor):
         scores.append(torch.sigmoid(model(images.to(device))).cpu().numpy())
         labels.append(batch_labels.numpy())

@@ -66,7 +66,8 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
                                                pixel_scaling=config.pixel_scaling)
         if not config.resume and ctx.is_main:
             tracking.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
-                                    {"pretrain": len(train_indices), "test": len(test_indices)})
+                                    {"pretrain": len(train_indices), "test": len(test_indices)},
+                                    dataset=data.provenance())
             mlflow.log_params({"encoder_params": sum(p.numel() for p in model.encoder.parameters()),
                                "num_patches": model.encoder.num_patches, **loop.scale_info(config)})
             mlflow.log_dict(mae_config.to_dict(), "mae_config.json")
@@ -215,7 +216,8 @@ def _log_models(model: torch.nn.Module, mae_config: MAEConfig, preprocessor: Pre
     metadata = {"encoder_config": mae_config.encoder.to_dict(), "mae_config": mae_config.to_dict(),
                 "preprocessing": preprocessor.to_dict(), "pretrain_run_id": run_id,
                 "channel_names": list(data.info.channel_names), "data_sha256": data.digest,
-                "data_path": str(data.path), "mask_ratio": config.mask_ratio}
+                "data_path": str(data.path), "data_spec": data.spec, "split_scheme": data.split_scheme,
+                "mask_ratio": config.mask_ratio}
     images, _ = data.reader.read(np.asarray(example_rows))  # (n, C, H, W) raw
     input_example = np.ascontiguousarray(images.transpose(0, 2, 3, 1), dtype=np.float32)
     encoder_uri = saved_model.log_model(JetEncoder(model.encoder, preprocessor), "encoder", input_example, metadata)

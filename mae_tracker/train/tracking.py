@@ -260,14 +260,16 @@ def log_provenance(config: dict[str, Any], data_path: Path, data_digest: str, sp
 
     # MLflow stores at most 36 characters of a dataset digest; the full sha256 is a tag.
     whole = MetaDataset(source=_dataset_source(data_path), name=data_path.name, digest=data_digest[:32])
-    inputs = [(whole, context, {"jets": str(size), "n_files": str(len(files) or 1)})
-              for context, size in contexts.items()]
+    for context, size in contexts.items():
+        mlflow.log_input(whole, context=context, tags={"jets": str(size), "n_files": str(len(files) or 1)})
+    inputs = []
     for record in files[:MAX_FILE_INPUTS]:  # the rest are in dataset.json
         path = Path(record["path"])
         inputs.append((MetaDataset(source=_dataset_source(path), name=path.name, digest=record["sha256"][:32]),
                        "file", {"path": str(path), "sha256": record["sha256"], "jets": str(record["n_jets"])}))
-    mlflow.log_inputs(datasets=[d for d, _, _ in inputs], contexts=[c for _, c, _ in inputs],
-                      tags_list=[t for _, _, t in inputs])
+    if inputs:
+        mlflow.log_inputs(datasets=[d for d, _, _ in inputs], contexts=[c for _, c, _ in inputs],
+                          tags_list=[t for _, _, t in inputs])
 
 
 MAX_FILE_INPUTS = 500  # per-file dataset inputs of one run; every file is in its dataset.json
