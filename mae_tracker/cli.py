@@ -253,8 +253,8 @@ def label_efficiency(encoder_uri: str, fractions: list | None, seeds: list | Non
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @clean_errors
 def encode(encoder_uri: str, data: str, out: Path, batch_size: int, progress: bool) -> None:
-    """Compress DATA (a jet file, folder, glob or comma list) into the latent vectors of ENCODER_URI (runs:/<id>/encoder or
-    models:/<name>@<alias>); prints the compression ratio and the MAE's reconstruction fidelity."""
+    """Compress DATA (a jet file, folder, glob or comma list) into the latent vectors of ENCODER_URI
+    (runs:/<id>/encoder or models:/<name>@<alias>); prints the compression ratio and the MAE's reconstruction fidelity."""
     from mae_tracker.encode import encode_file
 
     figures = encode_file(encoder_uri, data, out, batch_size=batch_size, progress=progress)

@@ -138,7 +138,8 @@ def encode_file(encoder_uri: str, data: DataSpec, out: Path | str, *, batch_size
                               f"{preprocessor.channels}")
     expected = _expected_shape(encoder_config)
     if expected is not None and expected != info.image_shape:
-        raise DataError(info.path, f"images are {info.image_shape} (C, H, W) but encoder {encoder_uri} expects {expected}")
+        raise DataError(info.path, f"images are {info.image_shape} (C, H, W) but encoder {encoder_uri} expects "
+                                   f"{expected}")
     model.eval()
     digest = dataset.digest
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ from mae_tracker.data.jetfile import file_digest
 from mae_tracker.data.parquet import is_parquet, open_parquet_file
 from mae_tracker.data.validate import JetFileInfo, open_jet_file
 
-__all__ = ["DataSpec", "DATA_SUFFIXES", "absolute_spec", "spec_parts", "cached_file_digest", "open_any", "resolve_files"]
+__all__ = ["DataSpec", "DATA_SUFFIXES", "absolute_spec", "cached_file_digest", "open_any", "resolve_files",
+           "spec_parts"]
 
 DataSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 DATA_SUFFIXES = (".h5", ".hdf5", ".hdf", ".parquet", ".pq")

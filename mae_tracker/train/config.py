@@ -103,8 +103,9 @@ class PretrainConfig(CommonConfig):
     decoder_dim: int = field(default=0, metadata={"help": "Decoder width; 0 = the variant's."})
     decoder_depth: int = field(default=0, metadata={"help": "Decoder depth; 0 = the variant's."})
     decoder_heads: int = field(default=0, metadata={"help": "Decoder heads; 0 = the variant's."})
-    max_jets: int = field(default=0, metadata={"help": "Cap on pretraining jets: the pretrain split's first N jets in the dataset's jet "
-                                           "order (files by sha256, then row); 0 = the whole split."})
+    max_jets: int = field(default=0, metadata={
+        "help": "Cap on pretraining jets: the pretrain split's first N jets in the dataset's jet order (files by "
+                "sha256, then row); 0 = the whole split."})
     eval_jets: int = field(default=2048, metadata={"help": "Test-split jets for the per-epoch reconstruction loss."})
     image_every: int = field(default=5, metadata={"help": "Log reconstruction grids every N epochs (and the last)."})
     image_jets: int = field(default=4, metadata={"help": "Jets per reconstruction grid."})

@@ -88,8 +88,8 @@ def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
     if balance:
         print(f"class balance per split (one class per file):\n{format_class_balance(balance)}",
               file=sys.stderr, flush=True)
-    return RunData(path=Path(os.path.abspath(dataset.info.path)), info=dataset.info, reader=reader, splits=splits, digest=dataset.digest,
-                   dataset=dataset, split_scheme=scheme, spec=absolute_spec(spec), class_balance=balance)
+    return RunData(path=Path(os.path.abspath(dataset.info.path)), info=dataset.info, reader=reader, splits=splits,
+                   digest=dataset.digest, dataset=dataset, split_scheme=scheme, spec=absolute_spec(spec), class_balance=balance)
 
 
 def data_file(config: CommonConfig, progress: bool = True) -> tuple[str, str]:
