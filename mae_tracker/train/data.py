@@ -69,6 +69,8 @@ def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
     """
     spec = data_file(config, progress=progress)[0]
     dataset = open_dataset(spec, digest_cache=digest_cache_dir(), progress=progress)
+    if not getattr(config, "sparse_copy", False):
+        _check_values_once(dataset, progress)  # bad data is reported before a bad encoder URI
     scheme = split_scheme(config)
     if scheme == LEGACY_SPLIT_SCHEME and len(dataset.file_infos) > 1:
         raise ValueError(f"{config.data or spec}: {len(dataset.file_infos)} files, but "
@@ -78,8 +80,6 @@ def prepare_data(config: CommonConfig, progress: bool = True) -> RunData:
     if getattr(config, "sparse_copy", False):
         # Building the copy reads every pixel (DataError on NaN/inf): it is the values scan too.
         reader = sparse_copy(dataset, sparse_copy_dir(dataset.digest), progress=progress)
-    else:
-        _check_values_once(dataset, progress)
     fractions = {"pretrain": config.pretrain_fraction, "train": config.train_fraction,
                  "val": config.val_fraction, "test": config.test_fraction}
     splits = (dataset.splits(fractions, seed=config.split_seed) if scheme != LEGACY_SPLIT_SCHEME
