@@ -43,7 +43,7 @@ def _run(run_id: str) -> mlflow.entities.Run:
 
 
 def _run_id(stdout: str) -> str:
-    return stdout.strip().splitlines()[-1].split()[1].rstrip(":")
+    return next(line for line in stdout.splitlines() if line.startswith("run ")).split()[1].rstrip(":")
 
 
 def _check_recorded(run: mlflow.entities.Run, files: list[Path]) -> None:
