@@ -10,7 +10,9 @@ import click
 
 from mae_tracker.baselines.config import BaselineConfig
 from mae_tracker.cli_errors import clean_errors
+from mae_tracker.next_steps import after_classifier, after_pretrain
 from mae_tracker.train.config import ARM_DEFAULTS, DownstreamConfig, PretrainConfig
+from mae_tracker.ui_links import model_route, run_where, where_to_look
 
 
 @click.group()
@@ -129,6 +131,12 @@ def pretrain(progress: bool, **settings: Any) -> None:
 
     result = run_pretrain(PretrainConfig(**settings), progress=progress)
     click.echo(f"run {result['run_id']}: test_loss {result['test_loss']:.5f}; encoder {result['encoder_uri']}")
+    _say_next(after_pretrain(result["run_id"], result["encoder_uri"]))
+
+
+def _say_next(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)
 
 
 def _downstream_command(arm: str) -> None:
@@ -144,6 +152,7 @@ def _downstream_command(arm: str) -> None:
 
         result = train_classifier(DownstreamConfig(arm=arm, **settings), progress=progress)
         click.echo(f"run {result['run_id']}: test_auc {result['test_auc']:.4f} test_acc {result['test_acc']:.4f}")
+        _say_next(after_classifier(result["run_id"]))
 
     command.__doc__ = doc
     main.command(name=arm)(command)
@@ -199,6 +208,7 @@ def promote(run_id: str, metric: str | None, goal: str) -> None:
     result = run_promote(run_id, metric=metric, goal=goal)
     click.echo(f"{result.registered_model} version {result.version} is {result.alias}: {result.reason}")
     click.echo(f"load it with models:/{result.registered_model}@{result.alias}")
+    click.echo(f"view it: {where_to_look(model_route(result.registered_model, result.version))}")
 
 
 def _comma_list(kind: type) -> Callable[[Any, Any, str | None], list | None]:
@@ -242,6 +252,7 @@ def label_efficiency(encoder_uri: str, fractions: list | None, seeds: list | Non
                                   progress=progress)
     click.echo(result["table"].to_string(index=False))
     click.echo(f"parent run {result['run_id']}: {result['trained']} trained, {result['skipped']} already done")
+    click.echo(f"view the study: {run_where(result['run_id'])}")
 
 
 @main.command()
@@ -339,6 +350,7 @@ def report(source: str, out_dir: Path, log_to_mlflow: bool) -> None:
     click.echo(f"wrote {paths.markdown} and {paths.html}")
     if paths.logged_to:
         click.echo(f"logged to run {paths.logged_to}")
+        click.echo(f"view it: {run_where(paths.logged_to)}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import click
 
 from mae_tracker.ports import port_in_use
 from mae_tracker.sweep.storage import mask_password
+from mae_tracker.ui_links import experiments_route
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 AUTH_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
@@ -394,6 +395,7 @@ def server(close_stale: float | None, dry_run: bool, **options: object) -> None:
         click.echo(f"artifacts:     {mask_password(settings.artifacts_destination)} (proxied: clients upload "
                    "through the server)")
         click.echo(f"MLflow UI and API on {team.url}\n  export MLFLOW_TRACKING_URI={team.url}")
+        click.echo(f"  open {team.url}/{experiments_route()}")
         while not stop.is_set() and team.proc.poll() is None:
             stop.wait(0.5)
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from mae_tracker import ui_links
 from mae_tracker.report import collect, figures, render
 from mae_tracker.report.render import Block, Heading, Image, Paragraph, RunRef, Table
 from mae_tracker.train import plots
@@ -66,7 +67,8 @@ def _write(client: mlflow.MlflowClient, src: collect.Source, source: str, frame:
     fig_dir.mkdir(parents=True, exist_ok=True)
     finished = frame[frame.status == "FINISHED"]
 
-    blocks: list[Block] = [Heading(f"mae-tracker report: {src.name}", 1), Paragraph(_preamble(src, frame))]
+    blocks: list[Block] = [Heading(f"mae-tracker report: {src.name}", 1), Paragraph(_preamble(src, frame)),
+                           Paragraph(_where_in_ui(src))]
     for arm, title in (("probe", "Linear probing"), ("finetune", "Fine-tuning"), ("scratch", "Scratch (no pretraining)")):
         blocks += [Heading(title), _arm_table(finished, arm)]
     if not finished.empty and finished.arm.isin(collect.BASELINE_ARMS).any():
@@ -108,6 +110,15 @@ def _what(src: collect.Source) -> str:
     return {"experiment": f"experiment `{src.name}`", "sweep": f"sweep parent run `{src.parent_run_id}`",
             "label-efficiency": f"label-efficiency parent run `{src.parent_run_id}`",
             "parent": f"parent run `{src.parent_run_id}`"}[src.kind]
+
+
+def _where_in_ui(src: collect.Source) -> str:
+    """The source in the MLflow UI's training view: its URL, and the `mlflow ui` command without a server."""
+    route = (ui_links.experiment_route(src.experiment_id) if src.kind == "experiment"
+             else ui_links.run_route(src.experiment_id, src.parent_run_id))
+    command = ui_links.ui_command()
+    url = ui_links.ui_url(route)
+    return f"In the MLflow UI: {url}" if command is None else f"In the MLflow UI: `{command}`, then {url}"
 
 
 def _preamble(src: collect.Source, frame: pd.DataFrame) -> str:

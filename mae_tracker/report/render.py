@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -105,4 +106,9 @@ def _html_cell(cell: Cell) -> str:
 def _inline(text: str) -> str:
     """Markdown's `code` spans as <code>; everything else escaped."""
     parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    return "".join(f"<code>{p}</code>" if i % 2 else _links(p) for i, p in enumerate(parts))
+
+
+def _links(text: str) -> str:
+    """Bare http(s) URLs (already escaped) as links."""
+    return re.sub(r"https?://[^\s<>\"]+", lambda m: f'<a href="{m.group(0)}">{m.group(0)}</a>', text)

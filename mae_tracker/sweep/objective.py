@@ -31,6 +31,11 @@ CURVE_KEYS = ("val_probe_auc", "train_loss", "train_eval_loss")
 DOWNSTREAM_KEYS = {"val_auc": "best_val_auc", "val_acc": "best_val_acc"}
 
 
+def objective_metric(metric: str) -> str:
+    """The trial run's metric holding the value Optuna optimised, e.g. ``objective_val_auc``."""
+    return f"objective_{metric}"
+
+
 class TrialFailed(RuntimeError):
     """The trial produced no usable value (e.g. NaN); Optuna marks it FAIL and the study goes on."""
 
@@ -104,7 +109,8 @@ class Objective:
             except Exception as err:  # stop anyway; the trial is failed by the runner all the same
                 print(f"warning: could not close the runs of trial {trial.number} ({err})", flush=True)
             raise Terminated(128 + signal.SIGTERM)  # Optuna tells no end for SystemExit: the runner does
-        mlflow.log_metric(spec.metric, value)
+        # Also as objective_<metric>: sorted first in the compare view, the number that chose the winner.
+        mlflow.log_metrics({spec.metric: value, objective_metric(spec.metric): value})
         _end(run_id, "FINISHED", "COMPLETE")
         return value
 

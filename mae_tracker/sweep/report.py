@@ -19,6 +19,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from mae_tracker.sweep.runner import summarize  # noqa: E402
 from mae_tracker.sweep.spec import SweepSpec  # noqa: E402
+from mae_tracker.ui_links import run_where  # noqa: E402
 
 PROMOTED_TAG = "promoted_pretrain_run_id"
 
@@ -38,6 +39,7 @@ def finish(study: optuna.Study, spec: SweepSpec, url: str, parent_id: str,
         echo(f"[{spec.name}] {note}")
     _log_trials_csv(client, study, parent_id)
     echo(_summary_line(spec, summary))
+    echo(f"[{spec.name}] view the sweep: {run_where(parent_id)}")
     if spec.promote and "best_trial" in summary:
         summary["promotion"] = promote_best(client, study, spec, parent_id, echo)
     return summary

@@ -30,6 +30,7 @@ from mae_tracker.sweep.sampling import PerTrialSeedSampler, make_pruner
 from mae_tracker.sweep.spec import SweepSpec, load_spec
 from mae_tracker.sweep.storage import STORAGE_ENV, make_storage, mask_password, resolve_storage_url, sqlite_path
 from mae_tracker.train import distributed, tracking
+from mae_tracker.ui_links import run_where
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PARENT_WAIT_S = 30  # how long a process that did not create a new study waits for its parent run
@@ -106,6 +107,9 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
         parent_id = parent_run.open_parent(study, spec, url, new_study=created)
         echo(f"sweep {spec.name}: {spec.n_trials} trials ({spec.method}, pruner {spec.pruner}, objective "
              f"{spec.objective}) in {mask_password(url)}; MLflow parent run {parent_id}")
+        echo(f"[{spec.name}] view the sweep: {run_where(parent_id)}")
+        if sqlite_path(url) is not None:
+            echo(f"[{spec.name}] Optuna's view: optuna-dashboard {url}")
         with ranks.leading(), parent_run.closing(parent_id):
             if n_workers > 1:
                 _spawn_workers(spec, url, n_workers, progress)
@@ -131,6 +135,7 @@ def _open_study(spec: SweepSpec, url: str, storage: optuna.storages.BaseStorage,
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=spec.name, storage=storage)
     else:
+        study.set_metric_names([spec.metric])  # optuna-dashboard shows val_auc, not "Objective 0"
         binding.bind(study, data)
         return study, True
     if study.direction.name.lower() != spec.goal:
@@ -142,6 +147,8 @@ def _open_study(spec: SweepSpec, url: str, storage: optuna.storages.BaseStorage,
     bound = binding.check_same_data(study, data, str(spec.path), mask_password(url))
     if bound is None:  # made by a version that did not bind, or its creator stopped early
         binding.bind(study, data)
+    if study.metric_names is None:  # made by a version that did not name its objective
+        study.set_metric_names([spec.metric])
     return study, False
 
 

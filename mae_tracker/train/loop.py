@@ -22,11 +22,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.loader import prefetch
 from mae_tracker.paths import cache_dir
+from mae_tracker.progress import progress_bar, progress_line
 from mae_tracker.train import distributed
 
 class TrainingFailed(RuntimeError):
@@ -291,8 +291,10 @@ def train_one_epoch(reader: Any, indices: np.ndarray, preprocessor: Any, config:
     last = running
     started = time.perf_counter()
     try:
-        for step, (images, labels) in enumerate(tqdm(source, total=steps, disable=not (progress and ctx.is_main),
-                                                     desc=desc, leave=False)):
+        shown = progress and ctx.is_main
+        # A bar on a terminal; in a log (mlflow run, > file) one line per epoch, printed below.
+        for step, (images, labels) in enumerate(progress_bar(source, total=steps, enabled=shown, desc=desc,
+                                                             lines=False, leave=False)):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             with autocast(device, config):
@@ -315,5 +317,7 @@ def train_one_epoch(reader: Any, indices: np.ndarray, preprocessor: Any, config:
     if ctx.is_main:
         step_metrics.flush()
     seen = steps * global_batch_size(config)
+    progress_line(f"{desc}: {steps} steps, train_loss {total / max(1, steps * ctx.world_size):.4g}, "
+                  f"{seen / elapsed:.0f} img/s, {elapsed:.1f} s", enabled=shown)
     return {"train_loss": total / max(1, steps * ctx.world_size), "lr": optimizer.param_groups[0]["lr"],
             "throughput_img_s": seen / elapsed, "epoch_time_s": elapsed}

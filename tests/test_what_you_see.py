@@ -1,0 +1,126 @@
+"""What a physicist sees: UI links that open MLflow's training view, progress that suits a log
+file, what to do after pretraining, and a sweep's objective named in Optuna and on its trials."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from tqdm import tqdm
+
+from mae_tracker import progress, ui_links
+from mae_tracker.report.render import html_page, markdown, Paragraph
+
+UI_JS = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+
+
+def test_links_carry_the_workflow_in_the_hash_route():
+    sqlite = "sqlite:////data/mlflow.db"
+    run = ui_links.where_to_look(ui_links.run_route("3", "abc123"), sqlite)
+    assert run == ("mlflow ui --backend-store-uri sqlite:////data/mlflow.db  then open "
+                   "http://127.0.0.1:5000/#/experiments/3/runs/abc123?workflowType=machine_learning")
+    server = "https://alice:secret@mlflow.lab.org:5000/"
+    assert ui_links.where_to_look(ui_links.model_route("mae-vit-32x32x3", 2), server) == (
+        "https://mlflow.lab.org:5000/#/models/mae-vit-32x32x3/versions/2?workflowType=machine_learning")
+    assert ui_links.ui_url(ui_links.experiment_route("7"), server).endswith(
+        "/#/experiments/7?workflowType=machine_learning")
+    assert "secret" not in ui_links.ui_command("postgresql://u:secret@db/mlflow")
+
+
+def test_the_shipped_ui_reads_workflow_type_from_the_hash_routes_query():
+    """Why the parameter goes after the hash: the bundled UI uses a hash router (location from
+    ``window.location.hash``) and reads workflowType from the router's search params."""
+    bundle = "".join(p.read_text(errors="ignore") for p in UI_JS.glob("main.*.js"))
+    assert "e.location.hash.substr(1)" in bundle  # createHashRouter's history
+    assert 'e.get("workflowType")' in bundle and 'MACHINE_LEARNING="machine_learning"' in bundle
+    for route in ('"/experiments/:experimentId/runs/:runUuid"', '"/models/:modelName/versions/:version"',
+                  '"/experiments"'):
+        assert route in bundle
+
+
+def test_report_links_its_source_in_the_training_view(tmp_path):
+    text = "In the MLflow UI: `mlflow ui`, then http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
+    page = html_page([Paragraph(text)], "t", tmp_path)
+    assert '<a href="http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning">' in page
+    assert "workflowType=machine_learning" in markdown([Paragraph(text)])
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log(monkeypatch, capsys):
+    monkeypatch.setattr(progress, "is_interactive", lambda: True)
+    bar = progress.progress_bar(range(3), desc="x")
+    assert isinstance(bar, tqdm) and not isinstance(bar, progress.LineProgress)
+    bar.close()
+    progress.progress_line("epoch 0 done")  # the bar said it: no line on a terminal
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(progress, "is_interactive", lambda: False)
+    with progress.progress_bar(total=500, desc="generate jets.h5", unit="jet") as bar:
+        bar.update(250)
+        bar.update(250)
+    assert list(progress.progress_bar(range(3), desc="epoch", lines=False)) == [0, 1, 2]
+    progress.progress_line("epoch 1 done")
+    progress.progress_line("hidden", enabled=False)
+    out = capsys.readouterr()
+    assert out.out.splitlines() == ["generate jets.h5: 250/500 jet in 0 s", "generate jets.h5: 500/500 jet in 0 s",
+                                    "epoch 1 done"]
+    assert "\r" not in out.err + out.out
+
+
+@pytest.mark.slow
+def test_pretrain_into_a_file_prints_a_line_per_epoch_and_what_to_do_next(jets_file, tmp_path):
+    log = tmp_path / "pretrain.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+    with log.open("w") as out:
+        subprocess.run([sys.executable, "-m", "mae_tracker.cli", "pretrain", "--data", str(jets_file),
+                        "--epochs", "2", "--batch-size", "32", "--depth", "1", "--probe-train-jets", "64",
+                        "--probe-val-jets", "64", "--eval-jets", "64", "--image-every", "0",
+                        "--num-threads", "1", "--experiment", "what-you-see"],
+                       stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, check=True, timeout=300)
+    text = log.read_bytes().decode()  # not read_text: universal newlines would hide a "\r"
+    assert "\r" not in text, text
+    epochs = [line for line in text.splitlines() if line.startswith("pretrain epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["pretrain epoch 0", "pretrain epoch 1"], text
+    assert "train_loss" in epochs[0] and "img/s" in epochs[0]
+    assert len(text.splitlines()) < 30, text
+    run_id = re.search(r"^run ([0-9a-f]{32}):", text, re.M).group(1)
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    assert (f"view the run: mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000/#/experiments/"
+            f"{experiment_id}/runs/{run_id}?workflowType=machine_learning") in text
+    assert f"next: mae-tracker finetune --encoder-uri runs:/{run_id}/encoder" in text
+    assert "mae-tracker sweep sweeps/" in text
+
+
+@pytest.mark.slow
+def test_a_sweep_names_its_objective_for_optuna_and_on_each_trial(jets_file, tmp_path, capsys):
+    from mae_tracker.sweep.runner import run_sweep
+
+    spec = {"name": "named", "experiment": "what-you-see", "method": "random", "seed": 0, "n_trials": 1,
+            "metric": {"name": "val_auc", "goal": "maximize"}, "objective": "probe", "pruner": {"type": "none"},
+            "parameters": {"mask_ratio": {"distribution": "uniform", "min": 0.5, "max": 0.9}},
+            "fixed": {"data": str(jets_file), "epochs": 1, "batch_size": 32, "depth": 1, "probe_train_jets": 64,
+                      "probe_val_jets": 64, "eval_jets": 64, "image_every": 0, "num_threads": 1},
+            "downstream": {"epochs": 1, "batch_size": 32}, "promote": False}
+    path = tmp_path / "named.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    summary = run_sweep(path, storage=storage)
+
+    study = optuna.load_study(study_name="named", storage=storage)
+    assert study.metric_names == ["val_auc"]  # optuna-dashboard's axis, not "Objective 0"
+    trial = study.trials[0]
+    run = mlflow.MlflowClient().get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.data.metrics["objective_val_auc"] == pytest.approx(trial.value)
+    assert run.data.metrics["val_auc"] == pytest.approx(trial.value)
+    # sorted first among the trial's metrics: the compare view's first column chose the winner
+    assert sorted(run.data.metrics)[0] == "objective_val_auc"
+    out = capsys.readouterr().out
+    parent = summary["parent_run_id"]
+    assert f"/runs/{parent}?workflowType=machine_learning" in out
+    assert f"[named] Optuna's view: optuna-dashboard {storage}" in out
