@@ -117,7 +117,7 @@ def encode_file(encoder_uri: str, data: DataSpec, out: Path | str, *, batch_size
     Bad data raises :class:`DataError` (one line, names the file); an unloadable encoder or an
     encoder trained on another image shape raises ValueError. Returns the figures (see module).
     """
-    from tqdm import tqdm
+    from mae_tracker.progress import progress_bar
 
     from mae_tracker.train.saved_model import load_model
 
@@ -152,7 +152,7 @@ def encode_file(encoder_uri: str, data: DataSpec, out: Path | str, *, batch_size
             rows = 0
             batches = iterate_batches(reader, np.arange(n), batch_size, preprocessor=preprocessor)
             with torch.no_grad():
-                for images, _ in tqdm(batches, desc=f"encode {info.path.name}", unit="batch", disable=not progress):
+                for images, _ in progress_bar(batches, desc=f"encode {info.path.name}", unit="batch", enabled=progress):
                     # the batches are preprocessed already: straight into the encoder behind the model
                     z = model.encoder.features(images, pool=model.pool)
                     z = z.detach().cpu().numpy().astype(np.float32, copy=False).reshape(len(images), -1)

@@ -118,9 +118,9 @@ def open_dataset(spec: DataSpec, *, check_values: bool = False, progress: bool =
 
 
 def _bar(items: list[Path], what: str) -> Any:
-    from tqdm.auto import tqdm
+    from mae_tracker.progress import progress_bar
 
-    return tqdm(items, desc=what, unit="file")
+    return progress_bar(items, desc=what, unit="file")
 
 
 class JetDataset:

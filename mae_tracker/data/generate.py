@@ -33,6 +33,7 @@ from mae_tracker.data.detector import CHANNEL_UNITS, CHANNELS, PRESETS, get_dete
 from mae_tracker.data.pythia_jets import (COLLISION_ENERGY, GLUON, GLUON_ID, JET_R, LIGHT_QUARKS, MATCH_DR, PROCESSES,
                                           PYTHIA_SEED_MAX, QUARK, JetCuts, ShardJets, generate_jets,
                                           pythia_settings)
+from mae_tracker.progress import progress_bar
 from mae_tracker.signals import sigterm_as_exit
 
 SHARD_JETS = 250  # jets of one class per shard; part of the output's identity (stored in attrs)
@@ -371,7 +372,7 @@ def generate_file(config: GeneratorConfig, out: Path | str, *, workers: int = 1,
     scratch = _temp_path(out, ".scratch.tmp") if config.pt_matched else None
     try:
         with sigterm_as_exit(), \
-                tqdm(total=config.n_jets, unit="jet", desc=f"generate {out.name}", disable=not progress) as bar, \
+                progress_bar(total=config.n_jets, unit="jet", desc=f"generate {out.name}", enabled=progress) as bar, \
                 _ShardRunner(workers) as runner, h5py.File(tmp, "w-") as f:
             if config.pt_matched:
                 assert scratch is not None

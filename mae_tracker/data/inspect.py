@@ -61,9 +61,9 @@ def summarize(path: DataSpec, *, with_mean_images: bool = False,
     image_sums = np.zeros((2, c, h, w)) if with_mean_images else None
     rows = max(1, SCAN_BLOCK_BYTES // (4 * c * h * w))
     starts = range(0, info.n_jets, rows)
-    from tqdm.auto import tqdm
+    from mae_tracker.progress import progress_bar
 
-    for start in tqdm(starts, desc=f"inspecting {info.path.name}", unit="block",
+    for start in progress_bar(starts, desc=f"inspecting {info.path.name}", unit="block",
                       disable=None if progress is None else not progress):
         x, y = reader.read(np.arange(start, min(start + rows, info.n_jets)))  # checks NaN/inf
         channel_sums = x.sum(axis=(2, 3), dtype=np.float64)  # (b, C)

@@ -209,9 +209,9 @@ def open_parquet_file(path: str | os.PathLike[str], *, check_values: bool = Fals
         reader = ParquetJetReader(info)
         starts: Any = range(0, n_jets, reader.block_rows)
         if progress:
-            from tqdm.auto import tqdm
+            from mae_tracker.progress import progress_bar
 
-            starts = tqdm(starts, desc=f"checking {path.name}", unit="block")
+            starts = progress_bar(starts, desc=f"checking {path.name}", unit="block")
         for start in starts:  # read() raises on NaN/inf
             reader.read(np.arange(start, min(n_jets, start + reader.block_rows)))
         reader.close()

@@ -91,9 +91,9 @@ class Preprocessor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         starts = range(0, rows.size, batch_size)
         if progress:
-            from tqdm.auto import tqdm
+            from mae_tracker.progress import progress_bar
 
-            starts = tqdm(starts, desc="preprocessing stats", unit="batch")
+            starts = progress_bar(starts, desc="preprocessing stats", unit="batch")
         total = total_sq = 0.0
         count = 0
         for start in starts:

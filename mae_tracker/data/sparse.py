@@ -257,9 +257,9 @@ def _build(reader: JetReader, directory: Path, progress: bool) -> None:
         block = max(1, BLOCK_BYTES // (4 * image_values))
         starts = range(done, n, block)
         if progress:
-            from tqdm.auto import tqdm
+            from mae_tracker.progress import progress_bar
 
-            starts = tqdm(starts, desc=f"sparse copy of {reader.info.path.name}", unit="block",
+            starts = progress_bar(starts, desc=f"sparse copy of {reader.info.path.name}", unit="block",
                           initial=done // block, total=-(-n // block))
         for start in starts:
             stop = min(n, start + block)

@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from mae_tracker.data import generate as _gen
+from mae_tracker.progress import progress_bar
 from mae_tracker.signals import sigterm_as_exit
 
 
@@ -160,7 +160,7 @@ def write_balanced(out: Path | str, *, n_jets: int, seed: int, shard_jets: int, 
     tmp = _gen._temp_path(out, ".tmp")
     try:
         with sigterm_as_exit(), \
-                tqdm(total=n_jets, unit="jet", desc=f"generate {out.name}", disable=not progress) as bar, \
+                progress_bar(total=n_jets, unit="jet", desc=f"generate {out.name}", enabled=progress) as bar, \
                 _gen._ShardRunner(workers, run) as runner, h5py.File(tmp, "w-") as f:
             perm = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))).permutation(n_jets)
             row_of = np.argsort(perm)  # canonical order: label 1 by shard, then label 0

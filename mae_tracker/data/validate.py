@@ -192,9 +192,9 @@ def _scan_values(path: Path, images: h5py.Dataset, progress: bool) -> None:
     rows = max(1, SCAN_BLOCK_BYTES // row_bytes)
     starts = range(0, images.shape[0], rows)
     if progress:
-        from tqdm.auto import tqdm
+        from mae_tracker.progress import progress_bar
 
-        starts = tqdm(starts, desc=f"checking {path.name}", unit="block")
+        starts = progress_bar(starts, desc=f"checking {path.name}", unit="block")
     for start in starts:
         stop = min(start + rows, images.shape[0])
         with h5_errors(path, f"images {images.name.lstrip('/')}[{start}:{stop}]"):
