@@ -50,7 +50,7 @@ DEFAULT_METRIC = {"encoder": "val_probe_auc", "classifier": "best_val_auc"}
 # (preprocessing inside), whatever arm trained it; the arm is a version tag.
 FAMILY_PREFIX = {"encoder": "mae", "classifier": "tagger"}
 
-SPLIT_KEYS = ("split_seed", "pretrain_fraction", "train_fraction", "val_fraction", "test_fraction")
+SPLIT_KEYS = ("split_seed", "pretrain_fraction", "train_fraction", "val_fraction", "test_fraction", "split_scheme")
 # Two versions' metric values are only compared when all of these are equal.
 COMPARABLE_KEYS = ("metric", "goal", "data_sha256", *SPLIT_KEYS, "eval_protocol")
 MAX_PARENT_DEPTH = 5  # sweep parent > trial > arm run; deeper chains are not ours
@@ -255,6 +255,8 @@ def _version_tags(client: MlflowClient, run: Run, model: str, metadata: dict[str
         "data_sha256": run_tags.get("data_sha256", metadata.get("data_sha256", "")),
         "source_run_id": run.info.run_id, "pretrain_run_id": pretrain_id,
         **{key: params.get(key, "") for key in SPLIT_KEYS},
+        # runs from before split schemes split their one file by a seeded permutation
+        "split_scheme": params.get("split_scheme", "permutation"),
     }
     if model == "classifier":
         tags["input_layout"] = str(metadata.get("input_layout", ""))

@@ -111,15 +111,15 @@ def data_file(config: CommonConfig, progress: bool = True) -> tuple[str, str]:
 
 
 def _encoder_metadata(encoder_uri: str) -> dict[str, Any]:
-    import mlflow
+    """The encoder's MLmodel metadata; a model not in the project's safe format is refused here."""
+    from mae_tracker.train.saved_model import UnsafeModelError, model_metadata
 
-    from mae_tracker.train.tracking import configure_tracking
-
-    configure_tracking()
     try:
-        return dict(mlflow.models.get_model_info(encoder_uri).metadata or {})
-    except Exception as err:  # MLflow raises several types for a bad URI
-        raise ValueError(f"cannot load encoder {encoder_uri!r}: {str(err).splitlines()[0]}") from err
+        return model_metadata(encoder_uri, kind="encoder")
+    except UnsafeModelError:
+        raise
+    except ValueError as err:
+        raise ValueError(f"cannot load encoder {encoder_uri!r}: {str(err).split(': ', 1)[-1]}") from err
 
 
 def _run_params(run_id: str) -> dict[str, str] | None:
