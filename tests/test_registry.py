@@ -137,7 +137,7 @@ def test_failed_killed_pruned_nan_and_modelless_runs_are_refused(pretrained):
 def test_champion_alias_feeds_finetune_and_the_tagger_predicts_on_raw_images(pretrained, jets_file):
     registry.promote(pretrained["run_id"])
     config = DownstreamConfig.for_arm("finetune", data=str(jets_file), encoder_uri=f"models:/{ENCODERS}@champion",
-                                      **{**SMALL, "epochs": 2})  # 1 epoch: val AUC 0.61 [0.50, 0.72], refused
+                                      **{**SMALL, "epochs": 4})  # 2 epochs: val AUC 0.60 [0.49, 0.71], refused
     finetuned = train_classifier(config, progress=False)
     assert mlflow.get_run(finetuned["run_id"]).data.tags["pretrain_run_id"] == pretrained["run_id"]
     # the selected epoch's validation AUC with its DeLong error, per epoch and for the best one
