@@ -3,10 +3,15 @@ file, what to do after pretraining, and a sweep's objective named in Optuna and 
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -124,3 +129,35 @@ def test_a_sweep_names_its_objective_for_optuna_and_on_each_trial(jets_file, tmp
     parent = summary["parent_run_id"]
     assert f"/runs/{parent}?workflowType=machine_learning" in out
     assert f"[named] Optuna's view: optuna-dashboard {storage}" in out
+    if shutil.which("optuna-dashboard") or (Path(sys.executable).parent / "optuna-dashboard").exists():
+        assert dashboard_metric_names(storage, tmp_path) == ["val_auc"]
+
+
+def dashboard_metric_names(storage: str, tmp_path: Path) -> list[str]:
+    """Start optuna-dashboard (the `dashboard` extra) on a loopback port against the storage and
+    read the study's objective names from its API: what its plots are labelled with."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
+    with (tmp_path / "dashboard.log").open("w") as log:
+        proc = subprocess.Popen([exe, storage, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as reply:
+                    studies = json.load(reply)["study_summaries"]
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((tmp_path / "dashboard.log").read_text())
+                time.sleep(0.3)
+        (study,) = [s for s in studies if s["study_name"] == "named"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=5) as reply:
+            detail = json.load(reply)
+        return detail.get("objective_names")  # absent for an unnamed objective: "Objective 0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
