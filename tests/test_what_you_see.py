@@ -57,6 +57,21 @@ def test_report_links_its_source_in_the_training_view(tmp_path):
     assert "workflowType=machine_learning" in markdown([Paragraph(text)])
 
 
+def test_downstream_commands_end_with_the_run_link_and_the_promote_command(monkeypatch):
+    from mae_tracker.next_steps import after_classifier
+
+    experiment_id = mlflow.set_experiment("what-you-see").experiment_id
+    with mlflow.start_run() as run:
+        pass
+    run_id = run.info.run_id
+    view, promote = after_classifier(run_id)
+    assert view.endswith(f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning")
+    assert view.startswith(f"view the run: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}")
+    assert promote.startswith(f"next: mae-tracker promote {run_id}")
+    monkeypatch.setenv("RANK", "1")  # torchrun: only rank 0 says it
+    assert after_classifier(run_id) == []
+
+
 def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log(monkeypatch, capsys):
     monkeypatch.setattr(progress, "is_interactive", lambda: True)
     bar = progress.progress_bar(range(3), desc="x")
