@@ -30,6 +30,7 @@ from mae_tracker.study.spec import StudySpec, load_study_spec
 from mae_tracker.sweep.binding import DIGEST_ATTR, SPLIT_ATTR, DataBinding, mismatch
 from mae_tracker.sweep.parent import closing, reopen
 from mae_tracker.train import tracking
+from mae_tracker.ui_links import run_where
 
 KIND = "study"
 STUDY_TAG = "study_name"
@@ -62,6 +63,7 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, worke
     check_continuable(spec.sweep, data)
     parent_id = _open_parent(client, spec, data, earlier)
     echo(f"study {spec.name}: parent run {parent_id} in experiment {spec.experiment}; data {data_path}")
+    echo(f"study {spec.name}: view it: {run_where(parent_id)}")
     with sigterm_as_exit(), closing(parent_id):  # SIGTERM ends the parent KILLED, as Ctrl-C does
         sweep = _sweep(client, spec, data_path, parent_id, progress, echo)
         with _active(client, parent_id):
@@ -69,7 +71,7 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, worke
             efficiency = _label_efficiency(client, spec, pretrained["encoder_uri"], parent_id, progress, echo)
         summary = results.summarize(client, efficiency["table"])
         report = _report(client, spec, parent_id, efficiency["run_id"], summary, out_dir, echo)
-    echo(f"study {spec.name}: done; parent run {parent_id}")
+    echo(f"study {spec.name}: done; parent run {parent_id}; view it: {run_where(parent_id)}")
     echo(results.markdown(summary))
     return {"run_id": parent_id, "data": str(data_path), "sweep_parent_run_id": sweep["parent_run_id"],
             "pretrain_run_id": pretrained["run_id"], "encoder_uri": pretrained["encoder_uri"],
