@@ -176,3 +176,19 @@ def test_background_logger_runs_jobs_in_order_off_the_thread_and_surfaces_errors
     logger.submit("grids/epoch_000.png", lambda: 1 / 0)
     with pytest.raises(LoggingFailed, match="grids/epoch_000.png failed: ZeroDivisionError"):
         logger.close()
+
+
+def test_an_abandoned_background_logger_finishes_the_running_job_and_skips_the_rest():
+    """A failing run's logger must not leave its thread inside a job when the process exits."""
+    import threading
+    import time
+
+    from mae_tracker.train.background import BackgroundLogger
+
+    started, done = threading.Event(), []
+    logger = BackgroundLogger()
+    logger.submit("slow", lambda: (started.set(), time.sleep(0.3), done.append("slow")))
+    logger.submit("next", lambda: done.append("next"))
+    started.wait(5)
+    logger.abandon()
+    assert done == ["slow"] and not logger._thread.is_alive()

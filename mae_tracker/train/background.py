@@ -29,6 +29,7 @@ class BackgroundLogger:
         self._jobs: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._failed_job = ""
+        self._abandoned = False
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -39,7 +40,7 @@ class BackgroundLogger:
                 if item is None:
                     return
                 label, fn, args, kwargs = item
-                if self._error is None:  # after a failure, skip the rest; it is reported once
+                if self._error is None and not self._abandoned:  # after a failure, skip the rest
                     try:
                         fn(*args, **kwargs)
                     except BaseException as err:  # noqa: BLE001 - surfaced on the training thread
@@ -74,11 +75,21 @@ class BackgroundLogger:
     def __enter__(self) -> BackgroundLogger:
         return self
 
+    def abandon(self, timeout: float = 60.0) -> None:
+        """Skip the jobs not started, wait for the one running, stop the thread; raises nothing.
+
+        For a run that is failing anyway. Waiting matters: a daemon thread still inside C++
+        (matplotlib's renderer) when the interpreter exits aborts the process ("terminate called
+        without an active exception"), e.g. a sweep whose last trial was pruned mid-upload."""
+        self._abandoned = True
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is None:
             self.close()
         else:  # the run is failing anyway: stop without masking its error
-            self._jobs.put(None)
+            self.abandon()
 
 
 def log_figure_job(run_id: str, render: Callable[..., Any], args: tuple, artifact_file: str) -> None:

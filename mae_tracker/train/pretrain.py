@@ -79,36 +79,41 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
         grid_test = _load(data, test_indices[:config.image_jets], preprocessor)
         metrics: dict[str, float] = {}
         figures = BackgroundLogger() if ctx.is_main else None  # grids rendered + uploaded off this thread
-        for epoch in range(start_epoch, config.epochs):
-            model.train()
-            metrics = loop.train_one_epoch(
-                data.reader, train_indices, preprocessor, config, epoch,
-                lambda images, _: train_model(images, mask_ratio=config.mask_ratio, noise=loop.mask_noise(
-                    len(images), model.encoder.num_patches, device))[0],
-                optimizer, scheduler, progress=progress, desc=f"pretrain epoch {epoch}", device=device)
-            if not ctx.is_main:  # evaluation, logging and checkpoints are rank 0's
-                distributed.on_main(loop.report_epoch, None, epoch, metrics)  # rank 0's verdict: go on or stop
-                continue
-            # train_eval_loss is the reconstruction objective a sweep may promote on: with its error.
-            metrics["train_eval_loss"], metrics["train_eval_loss_se"] = _eval_loss(
-                model, data, train_indices[:len(test_indices)], preprocessor, config, device)
-            metrics["test_loss"], _ = _eval_loss(model, data, test_indices, preprocessor, config, device,
-                                                 with_error=False)
-            if monitor is not None:
-                started = time.perf_counter()
-                metrics.update(monitor.metrics(model.encoder, device))  # val_probe_auc, _se, _ci_low, _ci_high
-                metrics["val_probe_time_s"] = time.perf_counter() - started
-            mlflow.log_metrics(metrics, step=epoch)
-            last = epoch == config.epochs - 1
-            if last or (config.image_every and epoch % config.image_every == 0):
-                for split, images in (("train", grid_train), ("test", grid_test)):
-                    _log_grid(model, images, data.info.channel_names, config, device,
-                              f"reconstructions/{split}_epoch_{epoch:03d}.png",
-                              f"{split} jets, epoch {epoch}, mask ratio {config.mask_ratio:.3g}",
-                              figures=figures, run_id=run_id)
-            loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
-                                 extra={"preprocessing": preprocessor.to_dict()})
-            distributed.on_main(loop.report_epoch, callback, epoch, metrics)  # pruned here: every rank stops
+        try:
+            for epoch in range(start_epoch, config.epochs):
+                model.train()
+                metrics = loop.train_one_epoch(
+                    data.reader, train_indices, preprocessor, config, epoch,
+                    lambda images, _: train_model(images, mask_ratio=config.mask_ratio, noise=loop.mask_noise(
+                        len(images), model.encoder.num_patches, device))[0],
+                    optimizer, scheduler, progress=progress, desc=f"pretrain epoch {epoch}", device=device)
+                if not ctx.is_main:  # evaluation, logging and checkpoints are rank 0's
+                    distributed.on_main(loop.report_epoch, None, epoch, metrics)  # rank 0's verdict: go on or stop
+                    continue
+                # train_eval_loss is the reconstruction objective a sweep may promote on: with its error.
+                metrics["train_eval_loss"], metrics["train_eval_loss_se"] = _eval_loss(
+                    model, data, train_indices[:len(test_indices)], preprocessor, config, device)
+                metrics["test_loss"], _ = _eval_loss(model, data, test_indices, preprocessor, config, device,
+                                                     with_error=False)
+                if monitor is not None:
+                    started = time.perf_counter()
+                    metrics.update(monitor.metrics(model.encoder, device))  # val_probe_auc, _se, _ci_low, _ci_high
+                    metrics["val_probe_time_s"] = time.perf_counter() - started
+                mlflow.log_metrics(metrics, step=epoch)
+                last = epoch == config.epochs - 1
+                if last or (config.image_every and epoch % config.image_every == 0):
+                    for split, images in (("train", grid_train), ("test", grid_test)):
+                        _log_grid(model, images, data.info.channel_names, config, device,
+                                  f"reconstructions/{split}_epoch_{epoch:03d}.png",
+                                  f"{split} jets, epoch {epoch}, mask ratio {config.mask_ratio:.3g}",
+                                  figures=figures, run_id=run_id)
+                loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
+                                     extra={"preprocessing": preprocessor.to_dict()})
+                distributed.on_main(loop.report_epoch, callback, epoch, metrics)  # pruned here: every rank stops
+        except BaseException:
+            if figures is not None:  # a grid still rendering must not outlive the run (or the process)
+                figures.abandon()
+            raise
 
         if not ctx.is_main:
             return distributed.broadcast_object(None)  # rank 0's result, once its run has ended
