@@ -19,7 +19,7 @@ def pretrained(jets_file: Path) -> dict[str, Any]:
     from mae_tracker.train.config import PretrainConfig
     from mae_tracker.train.pretrain import pretrain
 
-    config = PretrainConfig(data=str(jets_file), batch_size=32, epochs=2, probe_train_jets=64, probe_val_jets=64,
+    config = PretrainConfig(data=str(jets_file), batch_size=32, epochs=2, probe_train_jets=300, probe_val_jets=100,
                             eval_jets=64, image_jets=2, train_fraction=0.4, pretrain_fraction=0.4,
                             val_fraction=0.1, test_fraction=0.1, experiment=EXPERIMENT, log_every_steps=5)
     return pretrain(config, progress=False)
