@@ -2,7 +2,7 @@
 
 On a terminal: tqdm bars, as before. When stdout or stderr is not a terminal (`mlflow run`, a
 batch job, `> log.txt`), a bar would write a carriage-return line per update into the log; there
-we print plain lines instead: one per epoch (the caller's summary, :func:`progress_line`) or one
+we print plain lines instead (to stderr, where tqdm draws, so stdout keeps only results): one per epoch (the caller's summary, :func:`progress_line`) or one
 per chunk of work (:class:`LineProgress`, e.g. a generator shard).
 """
 
@@ -30,7 +30,7 @@ def _isatty(stream: TextIO | None) -> bool:
 def progress_line(text: str, *, enabled: bool = True) -> None:
     """Print one plain progress line when not interactive (a bar shows the same on a terminal)."""
     if enabled and not is_interactive():
-        print(text, flush=True)
+        print(text, file=sys.stderr, flush=True)
 
 
 class LineProgress:
@@ -49,7 +49,8 @@ class LineProgress:
             yield item
             self.n += 1
         if self.lines:  # one line for the whole pass
-            print(f"{self.desc}: {self.n:,} {self.unit} in {time.perf_counter() - self.started:.1f} s", flush=True)
+            print(f"{self.desc}: {self.n:,} {self.unit} in {time.perf_counter() - self.started:.1f} s",
+                  file=sys.stderr, flush=True)
 
     def __len__(self) -> int:
         return self.total if self.total is not None else len(self.iterable)  # type: ignore[arg-type]
@@ -59,7 +60,7 @@ class LineProgress:
         if self.lines:
             elapsed = time.perf_counter() - self.started
             of = f"/{self.total:,}" if self.total else ""
-            print(f"{self.desc}: {self.n:,}{of} {self.unit} in {elapsed:.0f} s", flush=True)
+            print(f"{self.desc}: {self.n:,}{of} {self.unit} in {elapsed:.0f} s", file=sys.stderr, flush=True)
 
     def refresh(self) -> None:
         pass

@@ -78,7 +78,7 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log(monkeypatch, capsys)
     assert isinstance(bar, tqdm) and not isinstance(bar, progress.LineProgress)
     bar.close()
     progress.progress_line("epoch 0 done")  # the bar said it: no line on a terminal
-    assert capsys.readouterr().out == ""
+    assert "epoch 0 done" not in capsys.readouterr().err
     monkeypatch.setattr(progress, "is_interactive", lambda: False)
     with progress.progress_bar(total=500, desc="generate jets.h5", unit="jet") as bar:
         bar.update(250)
@@ -87,8 +87,9 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log(monkeypatch, capsys)
     progress.progress_line("epoch 1 done")
     progress.progress_line("hidden", enabled=False)
     out = capsys.readouterr()
-    assert out.out.splitlines() == ["generate jets.h5: 250/500 jet in 0 s", "generate jets.h5: 500/500 jet in 0 s",
-                                    "epoch 1 done"]
+    assert out.err.splitlines() == ["generate jets.h5: 250/500 jet in 0 s", "generate jets.h5: 500/500 jet in 0 s",
+                                    "epoch 1 done"]  # on stderr, where tqdm draws: stdout keeps the results
+    assert out.out == ""
     assert "\r" not in out.err + out.out
 
 
