@@ -32,14 +32,14 @@ from mae_tracker.data.files import DataSpec, cached_file_digest, open_any, resol
 from mae_tracker.data.jetfile import DEFAULT_SPLIT_FRACTIONS, JetImageReader, as_indices
 from mae_tracker.data.parquet_reader import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, BlockCache, ParquetJetReader
 from mae_tracker.data.splits import dataset_digest, format_class_balance, jet_uniforms, split_of_jets
-from mae_tracker.data.validate import JetFileInfo
+from mae_tracker.data.validate import JetFileInfo, JetImagesInfo
 
 __all__ = ["DatasetInfo", "JetDataset", "dataset_digest", "format_class_balance", "jet_uniforms", "open_dataset",
            "split_of_jets"]
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
+class DatasetInfo(JetImagesInfo):
     """What the files of a dataset share; the fields a JetFileInfo has, so code written for one
     file (tasks.class_names, the arms, inspect) reads it the same way."""
 
@@ -56,22 +56,6 @@ class DatasetInfo:
     format: str = "hdf5"  # "hdf5", "parquet" or "mixed"
     labels_key: str = "y"
     channels_last: bool = False  # as the readers return images (always channels first)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.height, self.width)
-
-    @property
-    def class_names(self) -> tuple[str, str]:
-        from mae_tracker.data.tasks import class_names
-
-        return class_names(self)
-
-    @property
-    def task(self) -> str:
-        from mae_tracker.data.tasks import task_name
-
-        return task_name(self)
 
 
 def _agree(infos: list[JetFileInfo]) -> None:

@@ -30,22 +30,13 @@ MAX_CHANNELS = 8  # an axis this small is the channel axis; image sides are larg
 SCAN_BLOCK_BYTES = 32 * 2**20  # validation/scans read this much decoded data at a time
 
 
-@dataclass(frozen=True)
-class JetFileInfo:
-    """What :func:`open_jet_file` learned about a valid file (no data, cheap to pickle)."""
+class JetImagesInfo:
+    """What every description of jet images (one file, a dataset of files) derives from its
+    ``channels``, ``height``, ``width``, ``images_key`` and ``attrs``."""
 
-    path: Path
-    images_key: str
-    labels_key: str
-    n_jets: int
     channels: int
     height: int
     width: int
-    channels_last: bool
-    channel_names: tuple[str, ...]
-    extra_keys: tuple[str, ...] = ()
-    attrs: dict[str, Any] = field(default_factory=dict, compare=False)
-    format: str = "hdf5"  # or "parquet" (mae_tracker.data.parquet)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -65,6 +56,24 @@ class JetFileInfo:
         from mae_tracker.data.tasks import task_name
 
         return task_name(self)
+
+
+@dataclass(frozen=True)
+class JetFileInfo(JetImagesInfo):
+    """What :func:`open_jet_file` learned about a valid file (no data, cheap to pickle)."""
+
+    path: Path
+    images_key: str
+    labels_key: str
+    n_jets: int
+    channels: int
+    height: int
+    width: int
+    channels_last: bool
+    channel_names: tuple[str, ...]
+    extra_keys: tuple[str, ...] = ()
+    attrs: dict[str, Any] = field(default_factory=dict, compare=False)
+    format: str = "hdf5"  # or "parquet" (mae_tracker.data.parquet)
 
 
 @contextmanager
