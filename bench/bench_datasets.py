@@ -129,6 +129,8 @@ def _dims(column: pa.ChunkedArray) -> tuple[int, int, int]:
 
 
 def main() -> None:
+    from bench_loader import trainer_rate  # the same step bench_loader times
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n3", type=int, default=1500, help="jets at 125x125x3")
     parser.add_argument("--n8", type=int, default=600, help="jets at 125x125x8")
@@ -163,6 +165,10 @@ def main() -> None:
             for name, per_jet, shuffled, sequential in rows:
                 print(f"  {name:14s} {per_jet:>10,.0f} {shuffled:>16,.0f} {sequential:>16,.0f}")
             print(f"  sparse copy built from parquet-rg1 at {build:,.0f} jets/s (one pass)")
+            for variant, patch in (("vit-nano", 5), ("vit-nano", 25)):  # the trainer it must feed, same run
+                need = trainer_rate(125, variant, patch, args.batch, args.seconds, threads=2, channels=channels)
+                print(f"  trainer {variant} patch {patch}: {need:,.0f} img/s; raw reads / trainer: sparse copy "
+                      f"{sparse_row[2] / need:,.1f}x, Parquet (1 jet/row group) {rows[0][2] / need:,.1f}x")
             print(f"  nested lists -> numpy after Arrow's decoding: flattened {flat:,.0f} jets/s, "
                   f"to_pylist {pylist:,.0f} jets/s (x{flat / pylist:,.0f})", flush=True)
 

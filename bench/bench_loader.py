@@ -40,7 +40,8 @@ from mae_tracker.data.sparse import sparse_copy
 TRAINERS = {32: [("vit-nano", 4)], 125: [("vit-nano", 5), ("vit-nano", 25)]}
 
 
-def trainer_rate(side: int, variant: str, patch: int, batch: int, seconds: float, threads: int) -> float:
+def trainer_rate(side: int, variant: str, patch: int, batch: int, seconds: float, threads: int,
+                 channels: int = 3) -> float:
     """Images/s the real training step consumes (our MAE step, fused AdamW, ``threads`` threads)."""
     from mae_tracker.models import build_mae, mae_config
     from mae_tracker.train import loop
@@ -49,9 +50,9 @@ def trainer_rate(side: int, variant: str, patch: int, batch: int, seconds: float
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
-        model = build_mae(mae_config(variant, img_size=side, in_chans=3, patch_size=patch))
+        model = build_mae(mae_config(variant, img_size=side, in_chans=channels, patch_size=patch))
         opt = loop.make_optimizer(model, 1e-4, 0.05)
-        x = torch.rand(batch, 3, side, side)
+        x = torch.rand(batch, channels, side, side)
 
         def step():
             loss = model(x, 0.75, noise=loop.mask_noise(batch, model.num_patches, x.device))[0]
