@@ -164,3 +164,16 @@ def test_sigterm_ends_the_run_killed_with_a_resume_hint_and_exits_143():
     assert ended.info.status == "KILLED"
     assert ended.data.tags["end_reason"] == f"stopped by SIGTERM; resume with --resume {run.info.run_id}"
     assert mlflow.active_run() is None
+
+
+def test_a_pretrain_run_logs_system_metrics_and_stops_its_sampler(jets_file, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # the run lasts a few seconds
+    result = pretrain(PretrainConfig(data=str(jets_file), epochs=1, max_jets=160, batch_size=32, image_every=0,
+                                     image_jets=2, eval_jets=32, probe_train_jets=0, probe_val_jets=0,
+                                     experiment="test-system-metrics"), progress=False)
+    keys = set(mlflow.MlflowClient().get_run(result["run_id"]).data.metrics)
+    assert "system/cpu_utilization_percentage" in keys, sorted(keys)
+    assert "system/system_memory_usage_megabytes" in keys
+    assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]  # joined at end_run

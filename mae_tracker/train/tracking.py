@@ -121,18 +121,21 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
     import optuna
 
     configure_tracking()
+    system = system_metrics_settings()
     active = mlflow.active_run()
     if resume_run_id:
-        run = start_existing_run(resume_run_id, nested=active is not None)
+        run = start_existing_run(resume_run_id, nested=active is not None, log_system_metrics=system)
     elif active is not None:
-        run = mlflow.start_run(experiment_id=active.info.experiment_id, run_name=run_name or None, nested=True)
+        run = mlflow.start_run(experiment_id=active.info.experiment_id, run_name=run_name or None, nested=True,
+                               log_system_metrics=system)
     elif os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` names its runs at random: give ours
-        run = mlflow.start_run()
+        run = mlflow.start_run(log_system_metrics=system)
         if run_name:
             mlflow.set_tag("mlflow.runName", run_name)
         mark_model_training(run.info.experiment_id)
     else:
-        run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name or None)
+        run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name or None,
+                               log_system_metrics=system)
     stopped: tuple[BaseException, str] | None = None
     try:
         with sigterm_as_exit():
@@ -192,16 +195,46 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
-def start_existing_run(run_id: str, nested: bool = False) -> mlflow.ActiveRun:
+def start_existing_run(run_id: str, nested: bool = False, log_system_metrics: bool | None = None
+                       ) -> mlflow.ActiveRun:
     """``mlflow.start_run(run_id=...)``, also when the caller made another experiment active
     (``mlflow.set_experiment``), which MLflow refuses: the run's own experiment becomes active."""
     try:
-        return mlflow.start_run(run_id=run_id, nested=nested)
+        return mlflow.start_run(run_id=run_id, nested=nested, log_system_metrics=log_system_metrics)
     except mlflow.exceptions.MlflowException as err:
         if "active experiment ID does not match" not in str(err):
             raise
     mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
-    return mlflow.start_run(run_id=run_id, nested=nested)
+    return mlflow.start_run(run_id=run_id, nested=nested, log_system_metrics=log_system_metrics)
+
+
+SYSTEM_METRICS_INTERVAL_S = 10.0  # MLflow's default; a one-minute run still gets ~6 samples
+
+
+def system_metrics_settings() -> bool:
+    """Whether the run about to start samples CPU, memory, disk, network (and GPU) as
+    ``system/...`` metrics: on unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says false, and only
+    where psutil is installed (MLflow needs it; pynvml / nvidia-ml-py adds the GPU metrics).
+
+    MLflow's sampler is a daemon thread per run; ``mlflow.end_run`` (every exit of
+    :func:`tracked_run`) stops and joins it, so none outlives its run. It publishes a sample every
+    SYSTEM_METRICS_INTERVAL_S (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it); a run shorter
+    than that logs none. Under torchrun only rank 0 opens the run (train/distributed.py), so
+    only rank 0's process samples: its metrics are ``system/rank0/...`` (MLflow's node id), and
+    the other ranks' host load is not recorded (on one node the CPU and memory figures are the
+    node's; the GPU metrics cover every GPU MLflow sees)."""
+    flag = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").strip().lower()
+    if flag in ("0", "false", "no", "off"):
+        return False
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        return False
+    if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not os.environ.get("MLFLOW_SYSTEM_METRICS_NODE_ID"):
+        mlflow.set_system_metrics_node_id(f"rank{os.environ.get('RANK', '0')}")
+    return True
 
 
 def resumed_config(config: ConfigT) -> ConfigT:
