@@ -128,11 +128,41 @@ def test_three_trial_sweep_builds_the_study_and_the_run_tree(tmp_path, jets_file
     csv = Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(tmp_path)))
     assert len(csv.read_text().splitlines()) == 1 + 3
     assert summary["promotion"].get("alias") in ("champion", "challenger"), summary["promotion"]
+    check_trial_table(client, parent.info.run_id, study, summary, tmp_path)
 
     # Running the finished sweep again adds no trial and reuses its parent run.
     again = run_sweep(spec_path, storage=storage_url(tmp_path))
     assert len(optuna.load_study(study_name="three", storage=storage_url(tmp_path)).trials) == 3
     assert again["parent_run_id"] == parent.info.run_id and len(parent_runs("three")) == 1
+
+
+def check_trial_table(client: mlflow.MlflowClient, parent_id: str, study: optuna.Study, summary: dict[str, Any],
+                      tmp_path: Path) -> None:
+    """The parent's description says who won and whether the ranking means anything."""
+    note = client.get_run(parent_id).data.tags["mlflow.note.content"]
+    assert note == summary["table"]
+    rows = [line for line in note.splitlines() if line.startswith("| ") and not line.startswith("| trial ")]
+    assert len(rows) == 3, note
+    best = study.best_trial
+    for trial, row in zip(study.trials, rows):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert trial.state.name in cells and f"{trial.params['mask_ratio']:.4g}" in cells
+        assert f"{trial.params['lr']:.4g}" in cells
+        assert f"[{trial.number}](http" in row and "workflowType=machine_learning" in row  # the training view
+        assert ("W" in cells[-1]) == (trial.number == best.number)
+        if trial.state == TrialState.COMPLETE:
+            assert f"{trial.value:.4g}" in row and "(epoch 1)" in row
+    if summary["promotion"]["alias"] == "champion":
+        assert "C" in [c.strip() for c in rows[best.number].strip("|").split("|")][-1]
+    assert f"**Winner:** trial {best.number} (val_auc {best.value:.4g} ± " in note
+    assert "**Champion:** mae-" in note
+    # Both complete trials' probe runs logged best_val_auc_se: the margin is set beside the noise.
+    second = next(t for t in study.trials if t.state == TrialState.COMPLETE and t.number != best.number)
+    assert f"by {abs(best.value - second.value):.4g} in val_auc" in note
+    assert "noise of the comparison 1.96 x sqrt(se1^2 + se2^2) = " in note and "the noise" in note
+    assert "MEANINGLESS: only 2 complete trials (below 10)" in note
+    csv = Path(client.download_artifacts(parent_id, "report/trials_table.csv", str(tmp_path)))
+    assert len(csv.read_text().splitlines()) == 1 + 3 and "val_auc_se" in csv.read_text().splitlines()[0]
 
 
 @pytest.mark.slow

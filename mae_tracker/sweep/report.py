@@ -1,4 +1,5 @@
-"""The end of a sweep: best trial, figures and trials.csv on the parent run, then promotion."""
+"""The end of a sweep: best trial, figures and trials.csv on the parent run, promotion, then the
+table of every trial in the parent run's description (table.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from mae_tracker.sweep.runner import summarize  # noqa: E402
 from mae_tracker.sweep.spec import SweepSpec  # noqa: E402
+from mae_tracker.sweep.table import record_table  # noqa: E402
 from mae_tracker.ui_links import run_where  # noqa: E402
 
 PROMOTED_TAG = "promoted_pretrain_run_id"
@@ -42,6 +44,8 @@ def finish(study: optuna.Study, spec: SweepSpec, url: str, parent_id: str,
     echo(f"[{spec.name}] view the sweep: {run_where(parent_id)}")
     if spec.promote and "best_trial" in summary:
         summary["promotion"] = promote_best(client, study, spec, parent_id, echo)
+    # After the promotion: the table marks the registry's champion as it now stands.
+    summary["table"] = record_table(client, study, spec, parent_id)
     return summary
 
 
