@@ -230,6 +230,7 @@ def system_metrics_settings() -> bool:
         import psutil  # noqa: F401
     except ImportError:
         return False
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per run
     if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not os.environ.get("MLFLOW_SYSTEM_METRICS_NODE_ID"):
