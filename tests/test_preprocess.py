@@ -132,3 +132,17 @@ def test_rejects_bad_shapes_and_parameters():
         Preprocessor(mean=[0.0], std=[1.0, 1.0])
     with pytest.raises(ValueError):
         Preprocessor.fit(ArrayReader(sparse_images(2)), np.array([], dtype=np.int64))
+
+
+@pytest.mark.parametrize("pixel_transform", ["none", "log1p"])
+@pytest.mark.parametrize("pixel_scaling", ["sample-minmax", "channel"])
+def test_inverse_transform_maps_model_space_back_to_the_stored_values(pixel_transform, pixel_scaling):
+    rng = np.random.default_rng(0)
+    scale = np.array([1.0, 10.0, 100.0], np.float32).reshape(1, 3, 1, 1)
+    raw = (rng.exponential(1.0, (4, 3, 8, 8)) * (rng.random((4, 3, 8, 8)) < 0.3)).astype(np.float32) * scale
+    p = Preprocessor(mean=[0.1, 1.0, 10.0], std=[1.0, 10.0, 100.0], pixel_transform=pixel_transform,
+                     pixel_scaling=pixel_scaling)
+    back = p.inverse_transform(p.transform(raw), raw)
+    np.testing.assert_allclose(back, np.where(raw < p.zero_threshold, 0.0, raw), rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="one shape"):
+        p.inverse_transform(p.transform(raw)[:2], raw)

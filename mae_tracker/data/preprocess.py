@@ -175,6 +175,31 @@ class Preprocessor:
                                     mean, std, torch)
         return z.sub_(low).mul_(inverse).clamp_(0.0, 1.0)
 
+    def inverse_transform(self, y: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """Map model-space images ``y`` (N, C, H, W), e.g. reconstructions, back to the file's
+        pixel units. ``raw`` are the stored images of the same jets: "sample-minmax" scales each jet
+        and channel by its own extremes, which only the raw jet knows. Exact up to what the forward
+        transform threw away: pixels below ``zero_threshold`` (0 either way) and values beyond
+        the ``clip_sigma`` clip."""
+        y = np.asarray(y, dtype=np.float32)
+        if y.shape != np.shape(raw) or y.ndim != 4 or y.shape[1] != self.channels:
+            raise ValueError(f"expected two batches (N, {self.channels}, H, W) of one shape, "
+                             f"got {y.shape} and {np.shape(raw)}")
+        std = self._safe_std().reshape(1, -1, 1, 1)
+        if self.pixel_scaling == "channel":
+            z = y * std
+        else:
+            z = np.where(np.asarray(raw) < np.float32(self.zero_threshold), np.float32(0.0),
+                         np.asarray(raw, dtype=np.float32))
+            if self.pixel_transform == "log1p":
+                z = np.log1p(z)
+            mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+            low, inverse = self._bounds(z.min(axis=(2, 3), keepdims=True), z.max(axis=(2, 3), keepdims=True),
+                                        mean, std, np)
+            span = np.where(inverse > 0, 1.0 / np.where(inverse > 0, inverse, 1.0), 0.0)
+            z = y * span.astype(np.float32) + low.astype(np.float32)
+        return np.expm1(z) if self.pixel_transform == "log1p" else z
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description (logged with every model)."""
         return {"format": FORMAT, **asdict(self)}

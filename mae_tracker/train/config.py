@@ -108,9 +108,9 @@ class PretrainConfig(CommonConfig):
                 "sha256, then row); 0 = the whole split."})
     eval_jets: int = field(default=2048, metadata={"help": "Test-split jets for the per-epoch reconstruction loss."})
     image_every: int = field(default=5, metadata={"help": "Log reconstruction grids every N epochs (and the last)."})
-    image_jets: int = field(default=4, metadata={"help": "Jets per reconstruction grid."})
+    image_jets: int = field(default=8, metadata={"help": "Jets per reconstruction grid (one train, one test)."})
     image_scale: str = field(default="log", metadata={
-        "help": "Colour scale of the grids: 'log' (3 decades below each jet's hottest pixel) or 'linear'."})
+        "help": "Colour scale of the grids: 'log' (4 decades below the hottest pixel) or 'linear'."})
     # 256 + 256 jets keep the online probe at ~4 % of a default epoch (measured: 1000 + 1000
     # cost ~20 %, 512 + 512 ~11 %); larger sets give a steadier, higher AUC (sweeps may set them).
     probe_train_jets: int = field(default=256, metadata={

@@ -12,50 +12,69 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
-LOG_DECADES = 3.0  # a log colour scale shows this many decades below the hottest pixel
+LOG_DECADES = 4.0  # the log colour scale spans this many decades below the figure's hottest pixel
+GRID_COLUMNS = ("original", "masked input", "reconstruction", "reconstruction - original")
 
 
 def reconstruction_grid(original: np.ndarray, pixel_mask: np.ndarray, reconstruction: np.ndarray,
-                        channel_names: Sequence[str], title: str = "", scale: str = "log") -> Figure:
-    """One row per jet; per channel three panels: original / masked input / reconstruction.
+                        channel_names: Sequence[str], title: str = "", scale: str = "log",
+                        labels: Sequence[str] | None = None, unit: str = "preprocessed units") -> Figure:
+    """One row per jet, four columns: original / masked input / reconstruction / difference.
 
-    The three panels of a jet and channel share one colour scale (the original's range), so
-    brightness compares directly; masked patches are drawn grey, so "hidden" and "empty" differ.
-    Deposits span three orders of magnitude, so the default ``scale="log"`` shows log10 of the
-    values over LOG_DECADES decades below the jet's hottest pixel (anything fainter, and empty
-    pixels, at the bottom of the scale); ``"linear"`` shows the values as they are.
-    ``original`` and ``reconstruction`` are (N, C, H, W) in preprocessed units, ``pixel_mask``
-    (N, 1 or C, H, W) with 1 = masked.
+    Each panel shows the sum over the channels: a physicist reads a jet image as where its
+    energy went, and the summed deposit is that picture (one row per channel would triple the
+    rows, and channels in very different units are best compared through the per-channel
+    figures the run logs as metrics). The sum is only physical when the images are in the
+    file's units (``unit`` names them; the arm maps its reconstructions back); in preprocessed
+    units it is a sum of scaled values, and ``unit`` says so.
+
+    The first three columns share ONE colour bar for the whole figure, so brightness compares
+    across columns and jets; ``scale="log"`` (the default: deposits span orders of magnitude)
+    spans LOG_DECADES decades below the hottest original pixel, fainter and empty pixels at the
+    bottom; ``"linear"`` from 0. Masked patches are drawn grey, so "hidden" and "empty" differ.
+    The difference column has its own symmetric, linear colour bar (red: too much, blue: too little).
+    ``original`` and ``reconstruction`` are (N, C, H, W), ``pixel_mask`` (N, 1 or C, H, W) with
+    1 = masked; ``labels`` (one per jet, e.g. the class name) go beside each row.
     """
+    from matplotlib.colors import LogNorm, Normalize
+
     if scale not in ("log", "linear"):
         raise ValueError(f"grid scale must be 'log' or 'linear', got {scale!r}")
+    n_jets = original.shape[0]
+    if labels is not None and len(labels) != n_jets:
+        raise ValueError(f"{len(labels)} labels for {n_jets} jets")
+    truth, predicted = original.sum(axis=1), reconstruction.sum(axis=1)
+    hidden = np.asarray(pixel_mask).max(axis=1) > 0.5  # a pixel hidden in any channel
+    top = max(float(truth.max()), 1e-12)
+    if scale == "log":
+        norm: Normalize = LogNorm(vmin=top * 10.0 ** -LOG_DECADES, vmax=top)
+        shown = [np.maximum(a, norm.vmin) for a in (truth, predicted)]  # empty (or negative) -> bottom
+    else:
+        norm = Normalize(vmin=min(0.0, float(truth.min())), vmax=top)
+        shown = [truth, predicted]
+    difference = predicted - truth
+    reach = max(float(np.abs(difference).max()), 1e-12)
     cmap = plt.get_cmap("viridis").with_extremes(bad="0.75")
-    hidden = np.broadcast_to(pixel_mask > 0.5, original.shape)
-    n_jets, n_channels = original.shape[:2]
-    kinds = ("original", "masked", "reconstruction")
-    fig, axes = plt.subplots(n_jets, 3 * n_channels, figsize=(1.5 * 3 * n_channels, 1.6 * n_jets + 0.6),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(n_jets, 4, figsize=(8.4, 1.7 * n_jets + 0.9), squeeze=False, layout="constrained")
+    image = diff_image = None
     for jet in range(n_jets):
-        for channel in range(n_channels):
-            truth, predicted = original[jet, channel], reconstruction[jet, channel]
-            if scale == "log":
-                top = max(float(np.max(truth)), 1e-12)
-                floor = top * 10.0 ** -LOG_DECADES
-                truth, predicted = (np.log10(np.maximum(a, floor)) for a in (truth, predicted))
-            vmin = float(np.min(truth))
-            vmax = max(float(np.max(truth)), vmin + 1e-6)
-            masked = np.ma.masked_array(truth, mask=hidden[jet, channel])
-            panels = (truth, masked, predicted)
-            for k, panel in enumerate(panels):
-                ax = axes[jet, 3 * channel + k]
-                ax.imshow(panel, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if jet == 0:
-                    unit = " (log10)" if scale == "log" else ""
-                    ax.set_title(f"{channel_names[channel]}{unit}\n{kinds[k]}", fontsize=8)
-            if channel == 0:
-                axes[jet, 0].set_ylabel(f"jet {jet}", fontsize=8)
+        masked = np.ma.masked_array(shown[0][jet], mask=hidden[jet])
+        for k, panel in enumerate((shown[0][jet], masked, shown[1][jet])):
+            image = axes[jet, k].imshow(panel, cmap=cmap, norm=norm, interpolation="nearest")
+        diff_image = axes[jet, 3].imshow(difference[jet], cmap="RdBu_r", vmin=-reach, vmax=reach,
+                                         interpolation="nearest")
+        for ax in axes[jet]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        name = f"jet {jet + 1}" + (f"\n{labels[jet]}" if labels is not None else "")
+        axes[jet, 0].set_ylabel(name, fontsize=8)
+    for k, column in enumerate(GRID_COLUMNS):
+        axes[0, k].set_title(column, fontsize=8)
+    summed = " + ".join(channel_names) if len(channel_names) > 1 else str(channel_names[0])
+    bar = fig.colorbar(image, ax=axes[:, :3].ravel().tolist(), location="bottom", shrink=0.8, aspect=40)
+    bar.set_label(f"{summed} per pixel [{unit}]" + (", log scale" if scale == "log" else ""), fontsize=8)
+    diff_bar = fig.colorbar(diff_image, ax=axes[:, 3].ravel().tolist(), location="bottom", aspect=12)
+    diff_bar.set_label(f"difference [{unit}]", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

@@ -75,8 +75,8 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
 
         train_model = loop.for_training(model, config, device)  # DDP / torch.compile; same weights
         monitor = _probe_monitor(config, data, preprocessor) if ctx.is_main else None
-        grid_train = _load(data, train_indices[:config.image_jets], preprocessor)
-        grid_test = _load(data, test_indices[:config.image_jets], preprocessor)
+        grid_train = _grid_jets(data, train_indices[:config.image_jets])
+        grid_test = _grid_jets(data, test_indices[:config.image_jets])
         metrics: dict[str, float] = {}
         figures = BackgroundLogger() if ctx.is_main else None  # grids rendered + uploaded off this thread
         try:
@@ -102,11 +102,13 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
                 mlflow.log_metrics(metrics, step=epoch)
                 last = epoch == config.epochs - 1
                 if last or (config.image_every and epoch % config.image_every == 0):
-                    for split, images in (("train", grid_train), ("test", grid_test)):
-                        _log_grid(model, images, data.info.channel_names, config, device,
+                    # Two figures of the same layout (the report picks up test_epoch_*.png); the
+                    # artifact keeps the loop's 0-based index, what a person reads counts from 1.
+                    for split, jets in (("train", grid_train), ("test", grid_test)):
+                        _log_grid(model, jets, preprocessor, data.info.channel_names, config, device,
                                   f"reconstructions/{split}_epoch_{epoch:03d}.png",
-                                  f"{split} jets, epoch {epoch}, mask ratio {config.mask_ratio:.3g}",
-                                  figures=figures, run_id=run_id)
+                                  f"{split} jets after epoch {epoch + 1} of {config.epochs}, "
+                                  f"mask ratio {config.mask_ratio:.3g}", figures=figures, run_id=run_id)
                 loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                                      extra={"preprocessing": preprocessor.to_dict()})
                 distributed.on_main(loop.report_epoch, callback, epoch, metrics)  # pruned here: every rank stops
@@ -136,9 +138,12 @@ def _probe_monitor(config: PretrainConfig, data: RunData, preprocessor: Preproce
                         data.splits["val"][:config.probe_val_jets], preprocessor)
 
 
-def _load(data: RunData, indices: np.ndarray, preprocessor: Preprocessor) -> torch.Tensor:
-    images, _ = data.reader.read(np.asarray(indices))
-    return torch.from_numpy(preprocessor.transform(images))
+def _grid_jets(data: RunData, indices: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The grid's jets as stored (N, C, H, W) and each one's class name (label 1 -> class_names[0])."""
+    images, labels = data.reader.read(np.asarray(indices))
+    signal, background = data.info.class_names
+    names = [signal if label == 1 else background if label == 0 else "unlabelled" for label in np.asarray(labels)]
+    return np.asarray(images, dtype=np.float32), names
 
 
 @torch.no_grad()
@@ -164,17 +169,22 @@ def _eval_loss(model: torch.nn.Module, data: RunData, indices: np.ndarray, prepr
 
 
 @torch.no_grad()
-def _log_grid(model: torch.nn.Module, images: torch.Tensor, channel_names: Any, config: PretrainConfig,
-              device: torch.device, artifact_file: str, title: str, *, figures: BackgroundLogger | None = None,
-              run_id: str = "") -> None:
-    """Reconstruct here (needs the model, fast); render + upload on ``figures``' thread if given."""
+def _log_grid(model: torch.nn.Module, jets: tuple[np.ndarray, list[str]], preprocessor: Preprocessor,
+              channel_names: Any, config: PretrainConfig, device: torch.device, artifact_file: str, title: str, *,
+              figures: BackgroundLogger | None = None, run_id: str = "") -> None:
+    """Reconstruct here (needs the model, fast); render + upload on ``figures``' thread if given.
+
+    The model sees preprocessed images; the grid shows the file's pixel values: the
+    preprocessing is invertible per jet given the stored jet (Preprocessor.inverse_transform)."""
     model.eval()
-    mask_ratio = config.mask_ratio
+    raw, labels = jets
+    images = torch.from_numpy(preprocessor.transform(raw))
     noise = torch.rand(len(images), model.encoder.num_patches,
                        generator=torch.Generator().manual_seed(EVAL_NOISE_SEED))
-    reconstruction, pixel_mask = model.reconstruct(images.to(device), mask_ratio, noise=noise.to(device))
-    args = (images.numpy().copy(), pixel_mask.cpu().numpy(), reconstruction.cpu().numpy(), channel_names, title,
-            config.image_scale)
+    reconstruction, pixel_mask = model.reconstruct(images.to(device), config.mask_ratio, noise=noise.to(device))
+    original = np.where(raw < preprocessor.zero_threshold, np.float32(0.0), raw)  # what the model was shown
+    args = (original, pixel_mask.cpu().numpy(), preprocessor.inverse_transform(reconstruction.cpu().numpy(), raw),
+            channel_names, title, config.image_scale, labels)
     if figures is not None:
         figures.submit(artifact_file, log_figure_job, run_id, _grid_figure, args, artifact_file)
     else:
@@ -182,8 +192,9 @@ def _log_grid(model: torch.nn.Module, images: torch.Tensor, channel_names: Any, 
 
 
 def _grid_figure(original: np.ndarray, pixel_mask: np.ndarray, reconstruction: np.ndarray, channel_names: Any,
-                 title: str, scale: str) -> Any:
-    return plots.reconstruction_grid(original, pixel_mask, reconstruction, channel_names, title, scale=scale)
+                 title: str, scale: str, labels: list[str]) -> Any:
+    return plots.reconstruction_grid(original, pixel_mask, reconstruction, channel_names, title, scale=scale,
+                                     labels=labels, unit="stored pixel value")
 
 
 @torch.no_grad()
@@ -191,23 +202,26 @@ def _compression_figures(model: torch.nn.Module, data: RunData, indices: np.ndar
                          preprocessor: Preprocessor, config: PretrainConfig, device: torch.device
                          ) -> dict[str, float]:
     """How much smaller the latent vector is than the stored image, and how faithfully the
-    masked reconstruction keeps each channel's total (in preprocessed units)."""
+    masked reconstruction keeps each channel's total, in the file's pixel units (the composite
+    is mapped back per jet with Preprocessor.inverse_transform; the README's Metrics table)."""
     model.eval()
     c, h, w = data.info.image_shape
     figures = {"compression_ratio": (c * h * w) / model.encoder.embed_dim}
     generator = torch.Generator().manual_seed(EVAL_NOISE_SEED)
-    abs_error = torch.zeros(c, dtype=torch.float64)
-    total = torch.zeros(c, dtype=torch.float64)
-    for images, _ in iterate_batches(data.reader, indices, config.batch_size, shuffle=False,
-                                     preprocessor=preprocessor):
-        noise = torch.rand(len(images), model.encoder.num_patches, generator=generator)
-        reconstruction, _ = model.reconstruct(images.to(device), config.mask_ratio, noise=noise.to(device))
-        true_sum = images.sum(dim=(2, 3)).double()
-        abs_error += (reconstruction.cpu().sum(dim=(2, 3)).double() - true_sum).abs().sum(dim=0)
-        total += true_sum.sum(dim=0)
+    abs_error = np.zeros(c, dtype=np.float64)
+    total = np.zeros(c, dtype=np.float64)
+    for raw, _ in iterate_batches(data.reader, indices, config.batch_size, shuffle=False):
+        raw = np.asarray(raw, dtype=np.float32)
+        noise = torch.rand(len(raw), model.encoder.num_patches, generator=generator)
+        images = torch.from_numpy(preprocessor.transform(raw)).to(device)
+        reconstruction, _ = model.reconstruct(images, config.mask_ratio, noise=noise.to(device))
+        reconstructed = preprocessor.inverse_transform(reconstruction.cpu().numpy(), raw)
+        true_sum = np.where(raw < preprocessor.zero_threshold, 0.0, raw).sum(axis=(2, 3), dtype=np.float64)
+        abs_error += np.abs(reconstructed.sum(axis=(2, 3), dtype=np.float64) - true_sum).sum(axis=0)
+        total += true_sum.sum(axis=0)
     # Energy-weighted: sum over jets of |reconstructed total - true total| / sum of true totals,
     # so jets with an (almost) empty channel cannot blow the figure up.
-    per_channel = (abs_error / total.clamp_min(1e-12)).numpy()
+    per_channel = abs_error / np.maximum(total, 1e-12)
     for name, value in zip(data.info.channel_names, per_channel):
         figures[f"recon_total_rel_error_{name}"] = float(value)
     figures["recon_total_rel_error"] = float(per_channel.mean())
