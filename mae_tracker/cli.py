@@ -275,7 +275,7 @@ def encode(encoder_uri: str, data: str, out: Path, batch_size: int, progress: bo
     fidelity = figures.get("fidelity") or {}
     if fidelity.get("recon_mse") is not None:
         click.echo(f"reconstruction: mse {fidelity['recon_mse']:.3g} per pixel, channel totals off by "
-                   f"{fidelity['recon_total_rel_error']:.1%} (preprocessed units)")
+                   f"{fidelity['recon_total_rel_error']:.1%} (energy-weighted, stored units)")
     else:
         click.echo(f"reconstruction fidelity not measured: {fidelity.get('reason', 'no MAE')}")
 

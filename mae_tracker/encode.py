@@ -19,10 +19,10 @@ or Ctrl-C) and returns the figures:
   ``stored`` (the HDF5 datasets' sizes on disk: the sparse images compress well with lzf, the
   dense latents hardly, so this one is much smaller than the raw ratio);
 * reconstruction fidelity of the matching MAE (logged by the same pretrain run as
-  ``runs:/<pretrain_run_id>/mae``) on up to ``fidelity_jets`` jets, in preprocessed units with a
-  fixed mask: ``recon_mse`` (per pixel, composite of visible + predicted patches) and
+  ``runs:/<pretrain_run_id>/mae``) on up to ``fidelity_jets`` jets with a fixed mask:
+  ``recon_mse`` (per pixel in preprocessed units, composite of visible + predicted patches) and
   ``recon_total_rel_error`` (energy-weighted |reconstructed - true| channel totals / true
-  totals, as pretraining logs it). ``None`` with a reason when the MAE cannot be loaded.
+  totals in the file's pixel units, as pretraining logs it). ``None`` with a reason when the MAE cannot be loaded.
 """
 
 from __future__ import annotations
@@ -93,16 +93,20 @@ def _fidelity(pretrain_run_id: str | None, reader: JetDataset, n: int, preproces
     pixels = 0
     seen = 0
     abs_err = total = None
-    for images, _ in iterate_batches(reader, np.arange(n), batch_size, preprocessor=preprocessor):
+    for raw, _ in iterate_batches(reader, np.arange(n), batch_size):
+        raw = np.asarray(raw, dtype=np.float32)
+        images = torch.from_numpy(preprocessor.transform(raw))
         recon = inner.reconstruct(images, mask_ratio, noise=noise[seen:seen + len(images)])[0]
         seen += len(images)
         sq += float((recon - images).double().pow(2).sum())
         pixels += images.numel()
-        true_sum = images.sum(dim=(2, 3)).double()
-        err = (recon.sum(dim=(2, 3)).double() - true_sum).abs().sum(dim=0)
+        # channel totals in the file's units: the reconstruction mapped back per jet
+        true_sum = np.where(raw < preprocessor.zero_threshold, 0.0, raw).sum(axis=(2, 3), dtype=np.float64)
+        recon_sum = preprocessor.inverse_transform(recon.numpy(), raw).sum(axis=(2, 3), dtype=np.float64)
+        err = np.abs(recon_sum - true_sum).sum(axis=0)
         abs_err = err if abs_err is None else abs_err + err
-        total = true_sum.sum(dim=0) if total is None else total + true_sum.sum(dim=0)
-    per_channel = (abs_err / total.clamp_min(1e-12)).numpy()
+        total = true_sum.sum(axis=0) if total is None else total + true_sum.sum(axis=0)
+    per_channel = abs_err / np.maximum(total, 1e-12)
     out: dict[str, Any] = {"recon_mse": sq / max(1, pixels), "recon_total_rel_error": float(per_channel.mean()),
                            "mask_ratio": mask_ratio, "jets": n, "mae_uri": f"runs:/{pretrain_run_id}/mae"}
     for name, value in zip(channel_names, per_channel):
