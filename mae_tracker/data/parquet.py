@@ -32,8 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mae_tracker.data.errors import DataError
-from mae_tracker.data.validate import (JetFileInfo, channel_names_of, check_binary, detect_layout,
-                                       non_binary_values)
+from mae_tracker.data.validate import (JetFileInfo, channel_names_of, check_binary, check_readable_file,
+                                       detect_layout, non_binary_values)
 
 __all__ = ["IMAGE_COLUMNS", "METADATA_KEY", "decode_images", "is_parquet", "open_parquet", "open_parquet_file",
            "read_scalar_column"]
@@ -66,15 +66,7 @@ def open_parquet(path: Path, *, streaming: bool = False, metadata: Any = None) -
     ``streaming``: buffered reads of ``READ_BUFFER_BYTES``, for row groups too large to fetch
     whole. ``metadata`` (a FileMetaData already parsed) saves parsing the footer again.
     """
-    if not path.exists():
-        raise DataError(path, "file not found")
-    if path.is_dir():
-        raise DataError(path, "is a directory, expected a Parquet file")
-    if not os.access(path, os.R_OK):
-        raise DataError(path, "no permission to read the file")
-    size = path.stat().st_size
-    if size == 0:
-        raise DataError(path, "file is empty (0 bytes), not a Parquet file")
+    size = check_readable_file(path, "a Parquet")
     if not is_parquet(path):
         raise DataError(path, "not a Parquet file (no PAR1 signature)")
     try:

@@ -85,17 +85,23 @@ def h5_errors(path: Path, what: str) -> Iterator[None]:
         raise DataError(path, f"cannot read {what}, the file may be corrupt ({err})") from err
 
 
-def open_h5(path: Path, *, cache_bytes: int = 2**20) -> h5py.File:
-    """Open read-only, turning every way this can fail into a DataError that says why."""
+def check_readable_file(path: Path, kind: str) -> int:
+    """The size of ``path``, or a DataError saying why it cannot be a ``kind`` file ("an HDF5", "a Parquet")."""
     if not path.exists():
         raise DataError(path, "file not found")
     if path.is_dir():
-        raise DataError(path, "is a directory, expected an HDF5 file")
+        raise DataError(path, f"is a directory, expected {kind} file")
     if not os.access(path, os.R_OK):
         raise DataError(path, "no permission to read the file")
     size = path.stat().st_size
     if size == 0:
-        raise DataError(path, "file is empty (0 bytes), not an HDF5 file")
+        raise DataError(path, f"file is empty (0 bytes), not {kind} file")
+    return size
+
+
+def open_h5(path: Path, *, cache_bytes: int = 2**20) -> h5py.File:
+    """Open read-only, turning every way this can fail into a DataError that says why."""
+    size = check_readable_file(path, "an HDF5")
     if not h5py.is_hdf5(path):
         raise DataError(path, "not an HDF5 file (no HDF5 signature)")
     try:
