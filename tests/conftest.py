@@ -17,9 +17,12 @@ def _isolated_stores(tmp_path_factory: pytest.TempPathFactory):
     nothing touches the checkout, ./mlflow.db or ~/.cache. Tests find their runs by run id, so sharing the store is safe
     (and creating a store costs about a second)."""
     root = tmp_path_factory.mktemp("stores")
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MAE_TRACKER_CACHE")}
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MAE_TRACKER_CACHE", "XDG_RUNTIME_DIR")}
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
     os.environ["MAE_TRACKER_CACHE"] = str(root / "cache")
+    # gunicorn (under `mlflow server`) puts its control socket in $XDG_RUNTIME_DIR, else in ~/.gunicorn
+    (root / "run").mkdir(mode=0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(root / "run")
     # Whatever a test, MLflow or a subprocess writes relative to the working directory
     # (./mlruns, ./mlflow.db) lands in a temp dir, never in the checkout.
     cwd = Path.cwd()
