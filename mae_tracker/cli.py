@@ -178,11 +178,11 @@ def baseline(progress: bool, **settings: Any) -> None:
 def _mount_commands() -> None:
     """Commands whose modules carry their own click command (so `python -m` works on them too)."""
     from mae_tracker.server import server as server_command
-    from mae_tracker.study.__main__ import main as study_command
+    from mae_tracker.pipeline.__main__ import main as pipeline_command
     from mae_tracker.sweep.__main__ import main as sweep_command
 
     main.add_command(sweep_command, name="sweep")
-    main.add_command(study_command, name="study")
+    main.add_command(pipeline_command, name="pipeline")
     main.add_command(server_command, name="server")
 
 
@@ -203,7 +203,7 @@ def promote(run_id: str, metric: str | None, goal: str) -> None:
     Refused when its validation AUC's 95 % interval does not exclude chance (0.5). It becomes
     `challenger`, and `champion` only if the family has none or it beats the champion on the
     same data by more than the noise of the comparison."""
-    from mae_tracker.registry import promote as run_promote
+    from mae_tracker.registry.promotion import promote as run_promote
 
     result = run_promote(run_id, metric=metric, goal=goal)
     click.echo(f"{result.registered_model} version {result.version} is {result.alias}: {result.reason}")
@@ -234,7 +234,7 @@ def _comma_list(kind: type) -> Callable[[Any, Any, str | None], list | None]:
 @click.option("--epochs", type=int, default=None, help="Epochs of every child run (default: each arm's).")
 @click.option("--batch-size", type=int, default=None, help="Batch size of every child run.")
 @click.option("--experiment", default="mae-tracker", show_default=True)
-@click.option("--resume", default="", help="Parent run id of an earlier study: finished children are kept.")
+@click.option("--resume", default="", help="Parent run id of an earlier label-efficiency grid: finished children are kept.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @clean_errors
 def label_efficiency(encoder_uri: str, fractions: list | None, seeds: list | None, arms: list | None,
@@ -252,7 +252,7 @@ def label_efficiency(encoder_uri: str, fractions: list | None, seeds: list | Non
                                   progress=progress)
     click.echo(result["table"].to_string(index=False))
     click.echo(f"parent run {result['run_id']}: {result['trained']} trained, {result['skipped']} already done")
-    click.echo(f"view the study: {run_where(result['run_id'])}")
+    click.echo(f"view the grid: {run_where(result['run_id'])}")
 
 
 @main.command()
@@ -288,7 +288,7 @@ def encode(encoder_uri: str, data: str, out: Path, batch_size: int, progress: bo
 def migrate_model(model_uri: str, trust: bool) -> None:
     """Convert a model logged as a pickle by an older mae-tracker (MODEL_URI: runs:/<id>/<name>,
     models:/<family>/<version> or @<alias>) into the safe format, once; aliases move with it."""
-    from mae_tracker.migrate import migrate_model as run_migration
+    from mae_tracker.registry.migration import migrate_model as run_migration
 
     result = run_migration(model_uri, trust_pickle=trust)
     click.echo(f"{model_uri}: safe copy logged as {result.model_uri}")

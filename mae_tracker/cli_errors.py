@@ -1,4 +1,4 @@
-"""How every command line (`mae-tracker ...`, `python -m mae_tracker.sweep|study`) reports a
+"""How every command line (`mae-tracker ...`, `python -m mae_tracker.sweep|pipeline`) reports a
 problem the user can fix: one line on stderr and a non-zero exit, no traceback."""
 
 from __future__ import annotations

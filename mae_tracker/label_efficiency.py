@@ -27,7 +27,7 @@ DEFAULT_ARMS = ("finetune", "probe", "scratch")
 BASELINE_ARMS = ("observable", "gbdt", "cnn")
 KIND = "label-efficiency"
 PLAN_TAG = "label_efficiency_plan"  # JSON: encoder_uri, fractions, seeds, arms and the overrides
-# Set by the study itself; everything else in DownstreamConfig may be overridden.
+# Set by the grid itself; everything else in DownstreamConfig may be overridden.
 RESERVED = ("arm", "encoder_uri", "label_fraction", "seed", "resume", "run_name", "experiment")
 # Taken from the encoder's pretrain run unless overridden: the downstream arms must use the
 # split pretraining used, or the test jets could be jets the encoder was pretrained on.
@@ -99,7 +99,7 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
             started = time.perf_counter()
             try:
                 result = _train(config)
-            except Exception as err:  # the child is FAILED in MLflow; the study goes on
+            except Exception as err:  # the child is FAILED in MLflow; the grid goes on
                 failures.append(f"{arm} fraction {fraction:g} seed {seed}: {type(err).__name__}: {err}")
                 _say(progress, f"{label}: FAILED ({type(err).__name__}: {err})")
                 continue
@@ -158,7 +158,7 @@ def _check_plan(plan: dict[str, Any]) -> None:
     for where, fields, allowed in sections:
         bad = sorted(set(fields) & set(RESERVED + ("kind",)))
         if bad:
-            raise ValueError(f"{where} may not set {bad}: the study sets them per child run")
+            raise ValueError(f"{where} may not set {bad}: the grid sets them per child run")
         unknown = sorted(set(fields) - allowed)
         if unknown:
             raise ValueError(f"unknown fields in {where}: {unknown}")
@@ -200,7 +200,7 @@ def same_plan(parent_id: str, encoder_uri: str, *, fractions: Sequence[float], s
               arms: Sequence[str], overrides: dict[str, Any], baseline_overrides: dict[str, Any],
               fraction_overrides: dict[float, dict[str, Any]]) -> bool:
     """Whether the label-efficiency parent ``parent_id`` was started with exactly this plan (so
-    that resuming it continues the same study rather than failing on a changed setting)."""
+    that resuming it continues the same grid rather than failing on a changed setting)."""
     requested = {"encoder_uri": encoder_uri, "fractions": _floats(fractions), "seeds": _ints(seeds),
                  "arms": list(arms), "overrides": dict(overrides), "baseline_overrides": dict(baseline_overrides),
                  "fraction_overrides": _fraction_keys(fraction_overrides)}
@@ -223,7 +223,7 @@ def _stored_plan(client: mlflow.MlflowClient, parent_id: str, requested: dict[st
     for key, value in requested.items():
         if value is not None and value != plan[key]:
             raise ValueError(f"run {parent_id} was started with {key}={plan[key]!r}, not {value!r}; "
-                             "start a new study to change it")
+                             "start a new grid to change it")
     return plan
 
 
@@ -287,7 +287,7 @@ def _finished_children(client: mlflow.MlflowClient, experiment_id: str, parent_i
     for run in collect._children(client, experiment_id, parent_id):
         params = run.data.params
         if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "end_reason", "left running by an interrupted study; rerun on resume")
+            client.set_tag(run.info.run_id, "end_reason", "left running by an interrupted grid; rerun on resume")
             client.set_terminated(run.info.run_id, "KILLED")
         elif run.info.status == "FINISHED" and "label_fraction" in params and "seed" in params:
             done[(run.data.tags.get("arm", ""), float(params["label_fraction"]), int(params["seed"]))] = run.info.run_id

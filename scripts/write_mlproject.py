@@ -34,7 +34,7 @@ def entry_point(arm: str, config_cls: type, overrides: dict) -> list[str]:
     return lines
 
 
-# The sweep: a YAML study file from sweeps/ (relative to the project), optional storage URL
+# The sweep: a sweep YAML file from sweeps/ (relative to the project), optional storage URL
 # (empty = the SQLite file beside the tracking store) and worker processes.
 SWEEP_ENTRY = """  sweep:
     parameters:

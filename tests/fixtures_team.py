@@ -268,7 +268,7 @@ def team_day(mlflow_server: Server, postgres: Postgres, jets_file: Path,
     the UI tests."""
     import optuna
 
-    from mae_tracker.registry import promote
+    from mae_tracker.registry.promotion import promote
     from mae_tracker.train.config import PretrainConfig
     from mae_tracker.train.pretrain import pretrain
 

@@ -167,7 +167,7 @@ def test_labelled_subset_is_the_arms(toy_file):
         result = run_baseline(baseline, progress=False)
     run = mlflow.get_run(result["run_id"])
     assert result["labelled_jets"] == len(arms_jets) == 60 and run.data.params["labelled_jets"] == "60"
-    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id  # nests under a study's run
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id  # nests under a pipeline's run
 
 
 def test_bad_options_are_one_line_errors(toy_file):

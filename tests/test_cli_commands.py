@@ -1,6 +1,6 @@
 """The new `mae-tracker` commands are thin shells: they call the library and print its answer.
 
-They reuse the session's cached pretrain run and label-efficiency study (tests/label_efficiency_study.py).
+They reuse the session's cached pretrain run and label-efficiency grid (tests/label_efficiency_grid.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import mlflow
 from click.testing import CliRunner
 
 from mae_tracker.cli import main
-import label_efficiency_study as shared
+import label_efficiency_grid as shared
 
 
 def test_promote_command_prints_the_alias_and_the_uri(jets_file):
@@ -36,7 +36,7 @@ def test_encode_command_writes_latents_and_reports_compression(jets_file, tmp_pa
 
 
 def test_label_efficiency_resume_and_report_commands(jets_file, tmp_path):
-    parent = shared.study(jets_file)["run_id"]
+    parent = shared.grid(jets_file)["run_id"]
     resumed = CliRunner().invoke(main, ["label-efficiency", "--resume", parent, "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
     assert f"parent run {parent}: 0 trained, 12 already done" in resumed.output

@@ -185,9 +185,9 @@ def test_sparse_copy_of_a_glob_and_pruning_it_when_a_file_goes(tmp_path):
     assert not train_data.sparse_copy_dir(digest).exists()
 
 
-def test_a_sweep_and_a_study_bind_to_the_dataset_digest(tmp_path):
+def test_a_sweep_and_a_pipeline_bind_to_the_dataset_digest(tmp_path):
     """The sweep's YAML data may be a folder or a list (joined with commas); its binding is the digest."""
-    from mae_tracker.study.spec import load_study_spec
+    from mae_tracker.pipeline.spec import load_pipeline_spec
     from mae_tracker.sweep.runner import data_binding
     from mae_tracker.sweep.spec import load_spec
 
@@ -200,7 +200,7 @@ def test_a_sweep_and_a_study_bind_to_the_dataset_digest(tmp_path):
         spec = load_spec(spec_path)
         binding = data_binding(spec)
         assert binding.digest == digest
-    study_path = tmp_path / "study.yaml"
-    study_path.write_text(json.dumps({"name": "st", "sweep": "sweep.yaml", "data": {"file": ["sw/*.parquet"]}}))
-    study = load_study_spec(study_path)
-    assert study.data["file"] == str(tmp_path / "sw" / "*.parquet")
+    pipeline_path = tmp_path / "pipeline.yaml"
+    pipeline_path.write_text(json.dumps({"name": "st", "sweep": "sweep.yaml", "data": {"file": ["sw/*.parquet"]}}))
+    pipeline = load_pipeline_spec(pipeline_path)
+    assert pipeline.data["file"] == str(tmp_path / "sw" / "*.parquet")

@@ -1,4 +1,4 @@
-"""Label-efficiency study: one parent, a child per (arm, fraction, seed), resumable."""
+"""Label-efficiency grid: one parent, a child per (arm, fraction, seed), resumable."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from label_efficiency_study import ARMS, EXPERIMENT, FRACTIONS, SEEDS, pretrained, study
+from label_efficiency_grid import ARMS, EXPERIMENT, FRACTIONS, SEEDS, grid, pretrained
 from mae_tracker.label_efficiency import run_label_efficiency
 
 
@@ -26,7 +26,7 @@ def logged_csv(run_id: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def result(jets_file):
-    return study(jets_file)
+    return grid(jets_file)
 
 
 def test_parent_has_one_finished_child_per_arm_fraction_seed(result, jets_file):

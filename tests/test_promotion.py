@@ -20,10 +20,10 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
-import label_efficiency_study as shared
+import label_efficiency_grid as shared
 from conftest import own_tracking_store
-from mae_tracker import registry
-from mae_tracker.registry_evidence import comparison_noise, is_test_metric
+from mae_tracker.registry import promotion as registry
+from mae_tracker.registry.evidence import comparison_noise, is_test_metric
 from mae_tracker.train.evaluation import Z95
 from mae_tracker.train.tracking import ensure_experiment
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 
 from conftest import own_tracking_store
-from mae_tracker import registry
+from mae_tracker.registry import promotion as registry
 from mae_tracker.cli import main
 from mae_tracker.data.jetfile import file_digest
 from mae_tracker.data.preprocess import Preprocessor

@@ -2,7 +2,7 @@
 
 Like the arms it splits with train.data.prepare_data and takes the labelled subset with
 train.data.subsample(splits["train"], label_fraction, seed), chooses everything on the val
-jets and scores the test jets once. Under an active run (a study, a sweep) it nests.
+jets and scores the test jets once. Under an active run (a pipeline, a sweep) it nests.
 """
 
 from __future__ import annotations

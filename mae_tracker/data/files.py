@@ -66,7 +66,7 @@ def spec_parts(spec: DataSpec) -> list[str]:
 
 def absolute_spec(spec: DataSpec, base: str | os.PathLike[str] | None = None) -> str:
     """The same dataset as one string with absolute entries (relative ones taken from ``base``,
-    default the working directory), comma-joined: what a run, a sweep worker or a study records
+    default the working directory), comma-joined: what a run, a sweep worker or a pipeline records
     and passes on, valid from any directory. Globs stay globs, folders stay folders."""
     root = Path(base) if base is not None else Path.cwd()
     return ",".join(os.path.normpath(str(root / Path(part).expanduser())) for part in spec_parts(spec))

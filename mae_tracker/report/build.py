@@ -38,7 +38,7 @@ def build_report(source: str, out_dir: Path, *, log_to_mlflow: bool = True) -> R
     Tables: linear probing, fine-tuning, scratch (test accuracy and AUC with the model and the
     mask ratio of the pretrain run the encoder came from) and the pretrain runs' reconstruction
     loss (train vs test); figures: ROC curves of the arms (standard and background rejection),
-    reconstruction grids and, where a label-efficiency study is found, its curve. Every number
+    reconstruction grids and, where a label-efficiency grid is found, its curve. Every number
     is read from a run and printed beside that run's id; runs that did not finish are listed as
     excluded. With ``log_to_mlflow`` the files are logged under ``report/`` to the parent run, or,
     for an experiment, to a new run tagged ``kind=report``.

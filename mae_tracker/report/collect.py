@@ -1,4 +1,4 @@
-"""Read the runs a report (or a label-efficiency study) is made of from MLflow into pandas.
+"""Read the runs a report (or a label-efficiency grid) is made of from MLflow into pandas.
 
 One row per arm run (tag ``arm``): its status, params and final metrics, plus the model and
 mask ratio of the pretrain run its encoder came from (joined via the ``pretrain_run_id`` tag).

@@ -1,4 +1,4 @@
-"""Figures for the report and the label-efficiency study (matplotlib, no display needed)."""
+"""Figures for the report and the label-efficiency grid (matplotlib, no display needed)."""
 
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ def promote_best(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSp
         echo(f"[{spec.name}] promotion: trial {best.number}'s encoder was already offered by this sweep")
         return {"skipped": "already promoted"}
     try:
-        from mae_tracker.registry import promote_from_sweep
+        from mae_tracker.registry.promotion import promote_from_sweep
     except ImportError as err:
         echo(f"[{spec.name}] promotion skipped: the model registry helper is not available ({err})")
         return {"skipped": f"registry unavailable: {err}"}

@@ -25,7 +25,7 @@ import mlflow
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mae_tracker.registry_evidence import comparison_noise, read_evidence
+from mae_tracker.registry.evidence import comparison_noise, read_evidence
 from mae_tracker.sweep.spec import SweepSpec
 from mae_tracker.ui_links import run_url
 
@@ -73,7 +73,7 @@ def trial_rows(study: optuna.Study, spec: SweepSpec, champion_pretrain_run: str 
 def objective_se(trial: FrozenTrial, spec: SweepSpec) -> float | None:
     """The objective's standard error from the run that measured it, read as the registry reads
     it; None where that run logged none (a reconstruction loss, a run from before errors)."""
-    from mae_tracker.registry import sweep_measurement  # the registry pulls in model code: only here
+    from mae_tracker.registry.promotion import sweep_measurement  # the registry pulls in model code: only here
 
     pretrain = trial.user_attrs.get("pretrain_run_id")
     if not pretrain or trial.value is None:

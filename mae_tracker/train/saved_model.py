@@ -13,7 +13,7 @@ model was written in this format, downloads the two artifacts, parses the JSON a
 safetensors file and rebuilds the module from the installed project code. It never unpickles
 anything and never imports code stored with a model (the models-from-code file is code too).
 Anything else, e.g. an old ``mlflow.pytorch`` pickle, is refused with one line naming the URI;
-``mae-tracker migrate-model`` converts a pickle its user trusts (see ``mae_tracker/migrate.py``).
+``mae-tracker migrate-model`` converts a pickle its user trusts (see ``mae_tracker/registry/migration.py``).
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ from typing import Any, Iterator, TypeVar
 
 # Artifact downloads print a progress bar per call; in a training log that is noise.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# On a tracking server MLflow prints "🏃 View run <name> at: <url>" and "🧪 View experiment at:
+# <url>" when a run ends (TrackingServiceClient._log_url); those URLs lack the UI's
+# workflowType=machine_learning and open the GenAI view (Traces). Our commands print the run's
+# link in the training view instead (ui_links, next_steps). Set the variable to false to get
+# MLflow's lines back. Read by MLflow when each run ends, so setting it here is enough.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
@@ -112,7 +118,7 @@ def tracked_run(experiment: str, run_name: str = "", resume_run_id: str = "",
                 tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume) a run and always close it with an honest status.
 
-    If a run is active in this thread (a sweep trial, a label-efficiency study), the arm's
+    If a run is active in this thread (a sweep trial, a label-efficiency grid), the arm's
     run is nested under it, in the same experiment. Under ``mlflow run`` the launcher has
     already created the run (MLFLOW_RUN_ID), and we join it. Errors end the run FAILED;
     Ctrl-C, SIGTERM (a batch scheduler's time limit, ``kill``) and a pruned sweep trial end it

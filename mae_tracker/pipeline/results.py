@@ -1,4 +1,4 @@
-"""The study's results table: arm x labelled fraction, mean and spread over seeds.
+"""The pipeline's results table: arm x labelled fraction, mean and spread over seeds.
 
 Read from the finished child runs (never from memory), so a rerun or the report shows the
 same numbers; wall time and epochs come from each run too.

@@ -35,7 +35,7 @@ from mlflow.exceptions import MlflowException
 
 from mae_tracker.models.packaged import INPUT_LAYOUT
 from mae_tracker.train import saved_model
-from mae_tracker.registry_evidence import (check_finite_losses, check_floor, comparison_noise, is_test_metric,
+from mae_tracker.registry.evidence import (check_finite_losses, check_floor, comparison_noise, is_test_metric,
                                            read_evidence)
 from mae_tracker.train.tracking import configure_tracking
 

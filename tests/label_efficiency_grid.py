@@ -1,4 +1,4 @@
-"""One tiny pretrain run and one label-efficiency study on it, shared by test_label_efficiency
+"""One tiny pretrain run and one label-efficiency grid on it, shared by test_label_efficiency
 and test_report (cached per session: both modules read the same runs from the session's store)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def pretrained(jets_file: Path) -> dict[str, Any]:
 
 
 @functools.cache
-def study(jets_file: Path) -> dict[str, Any]:
+def grid(jets_file: Path) -> dict[str, Any]:
     """Parent + 12 children; the data file and split come from the pretrain run."""
     from mae_tracker.label_efficiency import run_label_efficiency
 

@@ -1,15 +1,15 @@
-"""Run (or continue) a study: data -> sweep -> long pretraining -> label efficiency -> report.
+"""Run (or continue) a pipeline: data -> sweep -> long pretraining -> label efficiency -> report.
 
-Every step is found again in MLflow when the command is rerun, so an interrupted study loses
+Every step is found again in MLflow when the command is rerun, so an interrupted pipeline loses
 at most the epoch or child run it was in:
 
 * data: generated once into the cache (written atomically), or the given file;
 * sweep: the Optuna study continues to its number of trials (sweeps resume by design);
-* pretraining: the study parent's pretrain child; unfinished, it resumes from its checkpoint;
-* label efficiency: the study parent's label-efficiency child, resumed (finished runs kept);
+* pretraining: the pipeline parent's pretrain child; unfinished, it resumes from its checkpoint;
+* label efficiency: the pipeline parent's label-efficiency child, resumed (finished runs kept);
 * the report and the results table are rebuilt from the runs every time (cheap).
 
-The study's parent run holds them all: the sweep's parent, the pretrain run and the
+The pipeline's parent run holds them all: the sweep's parent, the pretrain run and the
 label-efficiency parent are nested under it, so one run id finds everything.
 """
 
@@ -25,15 +25,15 @@ import mlflow
 import pandas as pd
 
 from mae_tracker.signals import sigterm_as_exit
-from mae_tracker.study import results
-from mae_tracker.study.spec import StudySpec, load_study_spec
+from mae_tracker.pipeline import results
+from mae_tracker.pipeline.spec import PipelineSpec, load_pipeline_spec
 from mae_tracker.sweep.binding import DIGEST_ATTR, SPLIT_ATTR, DataBinding, mismatch
 from mae_tracker.sweep.parent import closing, reopen
 from mae_tracker.train import tracking
 from mae_tracker.ui_links import run_where
 
-KIND = "study"
-STUDY_TAG = "study_name"
+KIND = "pipeline"
+PIPELINE_TAG = "study_name"
 PARENT_TAG = "mlflow.parentRunId"
 Echo = Callable[[str], None]
 
@@ -42,28 +42,28 @@ def _echo(line: str) -> None:
     print(line, flush=True)
 
 
-def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, workers: int | None = None,
+def run_pipeline(spec_path: str | Path, *, out_dir: str | Path | None = None, workers: int | None = None,
               progress: bool = False, echo: Echo = _echo) -> dict[str, Any]:
-    """Run or continue the study described by the YAML at ``spec_path``; rerun to resume.
+    """Run or continue the pipeline described by the YAML at ``spec_path``; rerun to resume.
 
-    Returns run_id (the study parent), data, sweep_parent_run_id, pretrain_run_id, encoder_uri,
+    Returns run_id (the pipeline parent), data, sweep_parent_run_id, pretrain_run_id, encoder_uri,
     label_efficiency_run_id, table (per run), summary (arm x fraction, mean and spread over seeds),
     trained / skipped (downstream runs of this call) and report (the Markdown path, when
     ``out_dir`` is given).
     """
-    spec = load_study_spec(spec_path)
+    spec = load_pipeline_spec(spec_path)
     tracking.configure_tracking()
     client = mlflow.MlflowClient()
     data_path = _data(spec, workers, progress, echo)
     from mae_tracker.sweep.runner import check_continuable, data_binding
 
     data = data_binding(spec.sweep.with_overrides(fixed={**spec.sweep.fixed, "data": str(data_path)}), progress)
-    # Refused before anything is written: a study (and its sweep) continues on its own data only.
+    # Refused before anything is written: a pipeline (and its sweep) continues on its own data only.
     earlier = _earlier_parent(client, spec, data)
     check_continuable(spec.sweep, data)
     parent_id = _open_parent(client, spec, data, earlier)
-    echo(f"study {spec.name}: parent run {parent_id} in experiment {spec.experiment}; data {data_path}")
-    echo(f"study {spec.name}: view it: {run_where(parent_id)}")
+    echo(f"pipeline {spec.name}: parent run {parent_id} in experiment {spec.experiment}; data {data_path}")
+    echo(f"pipeline {spec.name}: view it: {run_where(parent_id)}")
     with sigterm_as_exit(), closing(parent_id):  # SIGTERM ends the parent KILLED, as Ctrl-C does
         sweep = _sweep(client, spec, data_path, parent_id, progress, echo)
         with _active(client, parent_id):
@@ -71,7 +71,7 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, worke
             efficiency = _label_efficiency(client, spec, pretrained["encoder_uri"], parent_id, progress, echo)
         summary = results.summarize(client, efficiency["table"])
         report = _report(client, spec, parent_id, efficiency["run_id"], summary, out_dir, echo)
-    echo(f"study {spec.name}: done; parent run {parent_id}; view it: {run_where(parent_id)}")
+    echo(f"pipeline {spec.name}: done; parent run {parent_id}; view it: {run_where(parent_id)}")
     echo(results.markdown(summary))
     return {"run_id": parent_id, "data": str(data_path), "sweep_parent_run_id": sweep["parent_run_id"],
             "pretrain_run_id": pretrained["run_id"], "encoder_uri": pretrained["encoder_uri"],
@@ -81,7 +81,7 @@ def run_study(spec_path: str | Path, *, out_dir: str | Path | None = None, worke
 
 # --- steps -----------------------------------------------------------------------------------
 
-def _data(spec: StudySpec, workers: int | None, progress: bool, echo: Echo) -> Path:
+def _data(spec: PipelineSpec, workers: int | None, progress: bool, echo: Echo) -> Path:
     if "file" in spec.data:  # a file, folder, glob or comma list (absolute)
         from mae_tracker.data.errors import DataError
         from mae_tracker.data.files import resolve_files
@@ -101,7 +101,7 @@ def _data(spec: StudySpec, workers: int | None, progress: bool, echo: Echo) -> P
     return default_dataset(config, workers=workers, progress=progress)
 
 
-def _sweep(client: mlflow.MlflowClient, spec: StudySpec, data_path: Path, parent_id: str, progress: bool,
+def _sweep(client: mlflow.MlflowClient, spec: PipelineSpec, data_path: Path, parent_id: str, progress: bool,
            echo: Echo) -> dict[str, Any]:
     """The sweep continues to its n_trials (a finished one just reports); no run may be active
     here: the sweep manages its own parent and trial runs."""
@@ -109,14 +109,14 @@ def _sweep(client: mlflow.MlflowClient, spec: StudySpec, data_path: Path, parent
 
     echo(f"[sweep] {spec.sweep.name}: {spec.sweep.n_trials} trials")
     summary = run_sweep(spec.sweep.path, data=str(data_path), progress=progress, echo=echo)
-    client.set_tag(summary["parent_run_id"], PARENT_TAG, parent_id)  # shown nested under the study
-    client.set_tag(parent_id, "study_sweep_parent_run_id", summary["parent_run_id"])
+    client.set_tag(summary["parent_run_id"], PARENT_TAG, parent_id)  # shown nested under the pipeline
+    client.set_tag(parent_id, "pipeline_sweep_parent_run_id", summary["parent_run_id"])
     if "best_params" not in summary:
         raise RuntimeError(f"sweep {spec.sweep.name} has no completed trial to pretrain from")
     return summary
 
 
-def _pretrain(client: mlflow.MlflowClient, spec: StudySpec, sweep: dict[str, Any], data_path: Path,
+def _pretrain(client: mlflow.MlflowClient, spec: PipelineSpec, sweep: dict[str, Any], data_path: Path,
               parent_id: str, progress: bool, echo: Echo) -> dict[str, Any]:
     """The sweep's best configuration, pretrained for longer on the whole pretraining split."""
     from mae_tracker.train.config import PretrainConfig
@@ -143,7 +143,7 @@ def _pretrain(client: mlflow.MlflowClient, spec: StudySpec, sweep: dict[str, Any
     return result
 
 
-def _label_efficiency(client: mlflow.MlflowClient, spec: StudySpec, encoder_uri: str, parent_id: str,
+def _label_efficiency(client: mlflow.MlflowClient, spec: PipelineSpec, encoder_uri: str, parent_id: str,
                       progress: bool, echo: Echo) -> dict[str, Any]:
     from mae_tracker.label_efficiency import KIND as LABEL_EFFICIENCY, run_label_efficiency, same_plan
 
@@ -153,9 +153,9 @@ def _label_efficiency(client: mlflow.MlflowClient, spec: StudySpec, encoder_uri:
     resume = ""
     if earlier is not None and same_plan(earlier.info.run_id, encoder_uri, **plan):
         resume = earlier.info.run_id
-    elif earlier is not None:  # the study file's downstream settings changed: a new grid of runs
-        echo(f"[label efficiency] the study file changed since run {earlier.info.run_id[:8]}: starting anew")
-        client.set_tag(earlier.info.run_id, "superseded", "the study file's downstream settings changed")
+    elif earlier is not None:  # the pipeline file's downstream settings changed: a new grid of runs
+        echo(f"[label efficiency] the pipeline file changed since run {earlier.info.run_id[:8]}: starting anew")
+        client.set_tag(earlier.info.run_id, "superseded", "the pipeline file's downstream settings changed")
         if earlier.info.status == "RUNNING":
             client.set_terminated(earlier.info.run_id, "KILLED")
     echo(f"[label efficiency] {len(plan['arms'])} arms x {len(spec.fractions)} fractions x "
@@ -163,15 +163,15 @@ def _label_efficiency(client: mlflow.MlflowClient, spec: StudySpec, encoder_uri:
     return run_label_efficiency(encoder_uri, **plan, experiment=spec.experiment, resume=resume, progress=True)
 
 
-def _report(client: mlflow.MlflowClient, spec: StudySpec, parent_id: str, efficiency_id: str,
+def _report(client: mlflow.MlflowClient, spec: PipelineSpec, parent_id: str, efficiency_id: str,
             summary: pd.DataFrame, out_dir: str | Path | None, echo: Echo) -> str:
-    """Results table (CSV + Markdown) on the study parent; the full report when out_dir is given."""
+    """Results table (CSV + Markdown) on the pipeline parent; the full report when out_dir is given."""
     with tempfile.TemporaryDirectory() as tmp:
-        table = Path(tmp) / "study_results.md"
+        table = Path(tmp) / "pipeline_results.md"
         table.write_text(results.markdown(summary) + "\n")
-        summary.to_csv(Path(tmp) / "study_results.csv", index=False)
+        summary.to_csv(Path(tmp) / "pipeline_results.csv", index=False)
         client.log_artifact(parent_id, str(table))
-        client.log_artifact(parent_id, str(Path(tmp) / "study_results.csv"))
+        client.log_artifact(parent_id, str(Path(tmp) / "pipeline_results.csv"))
     if out_dir is None:
         return ""
     from mae_tracker.report import build_report
@@ -181,15 +181,15 @@ def _report(client: mlflow.MlflowClient, spec: StudySpec, parent_id: str, effici
     return str(paths.markdown)
 
 
-# --- the study's parent run ------------------------------------------------------------------
+# --- the pipeline's parent run ------------------------------------------------------------------
 
-def _earlier_parent(client: mlflow.MlflowClient, spec: StudySpec, data: DataBinding) -> str | None:
-    """The parent run of this study from an earlier call (found by name), if it was made on the
+def _earlier_parent(client: mlflow.MlflowClient, spec: PipelineSpec, data: DataBinding) -> str | None:
+    """The parent run of this pipeline from an earlier call (found by name), if it was made on the
     same data and split; ValueError (one line) if it was made on other data."""
     experiment = client.get_experiment_by_name(spec.experiment)
     if experiment is None:
         return None
-    found = client.search_runs([experiment.experiment_id], f"tags.{STUDY_TAG} = '{spec.name}'", max_results=1,
+    found = client.search_runs([experiment.experiment_id], f"tags.{PIPELINE_TAG} = '{spec.name}'", max_results=1,
                                order_by=["attributes.start_time DESC"])
     if not found:
         return None
@@ -202,14 +202,14 @@ def _earlier_parent(client: mlflow.MlflowClient, spec: StudySpec, data: DataBind
         return run.info.run_id  # a parent from before the binding knows only its path: the same
     if bound.differs_from(data):
         raise ValueError(f"{spec.path}: " + mismatch(
-            f"study {spec.name!r} (parent run {run.info.run_id})", bound, data,
-            f"give {spec.path.name} another `name:` to start a new study for this data (and "
+            f"pipeline {spec.name!r} (parent run {run.info.run_id})", bound, data,
+            f"give {spec.path.name} another `name:` to start a new pipeline for this data (and "
             f"{spec.sweep.path.name} another `name:` if its sweep ran on the other data too)"))
     return run.info.run_id
 
 
-def _open_parent(client: mlflow.MlflowClient, spec: StudySpec, data: DataBinding, earlier: str | None) -> str:
-    """The study's parent run: the earlier one (rerun = resume), else created."""
+def _open_parent(client: mlflow.MlflowClient, spec: PipelineSpec, data: DataBinding, earlier: str | None) -> str:
+    """The pipeline's parent run: the earlier one (rerun = resume), else created."""
     experiment_id = tracking.ensure_experiment(spec.experiment)
     if earlier is not None:
         reopen(client, earlier)
@@ -217,15 +217,15 @@ def _open_parent(client: mlflow.MlflowClient, spec: StudySpec, data: DataBinding
             client.set_tag(earlier, key, value)
         return earlier
     run = client.create_run(experiment_id, run_name=spec.name,
-                            tags={STUDY_TAG: spec.name, "kind": KIND, "arm": KIND, DIGEST_ATTR: data.digest,
+                            tags={PIPELINE_TAG: spec.name, "kind": KIND, "arm": KIND, DIGEST_ATTR: data.digest,
                                   SPLIT_ATTR: data.split,
-                                  "mlflow.note.content": spec.description or f"study {spec.name}"})
+                                  "mlflow.note.content": spec.description or f"pipeline {spec.name}"})
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in {
         "data": data.path, "sweep": spec.sweep.name, "arms": ",".join(spec.arms),
         "baselines": ",".join(spec.baselines), "fractions": ",".join(f"{f:g}" for f in spec.fractions),
         "seeds": ",".join(str(s) for s in spec.seeds)}.items()])
     with tempfile.TemporaryDirectory() as tmp:
-        for name, text in (("study.yaml", spec.text), ("sweep.yaml", spec.sweep.text)):
+        for name, text in (("pipeline.yaml", spec.text), ("sweep.yaml", spec.sweep.text)):
             (Path(tmp) / name).write_text(text)
             client.log_artifact(run.info.run_id, str(Path(tmp) / name))
     return run.info.run_id
@@ -233,7 +233,7 @@ def _open_parent(client: mlflow.MlflowClient, spec: StudySpec, data: DataBinding
 
 @contextlib.contextmanager
 def _active(client: mlflow.MlflowClient, parent_id: str) -> Iterator[None]:
-    """Make the study parent the active run, so that the arms' runs nest under it, then hand it
+    """Make the pipeline parent the active run, so that the arms' runs nest under it, then hand it
     back to ``closing`` still RUNNING (leaving mlflow's context would mark it FINISHED)."""
     tracking.start_existing_run(parent_id)
     try:
@@ -255,4 +255,4 @@ def _params_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
 
 
-__all__ = ["run_study", "KIND"]
+__all__ = ["run_pipeline", "KIND"]

@@ -1,10 +1,10 @@
-"""A study's YAML file -> a validated :class:`StudySpec`.
+"""A pipeline's YAML file -> a validated :class:`PipelineSpec`.
 
-A study is the physics question "does MAE pretraining pay off here, and by how much?" as one
+A pipeline is the physics question "does MAE pretraining pay off here, and by how much?" as one
 resumable command: data (generated once and cached), a sweep for the MAE, the best
 configuration pretrained for longer, then probe / finetune / scratch and the classical
 baselines at several labelled fractions and seeds, and the report. Everything is checked
-here, before any data, study or run exists; each problem is one line naming the file and key.
+here, before any data, pipeline or run exists; each problem is one line naming the file and key.
 """
 
 from __future__ import annotations
@@ -24,24 +24,24 @@ TOP_KEYS = ("name", "description", "data", "sweep", "pretrain", "arms", "baselin
 DATA_KEYS = ("file", "task", "n_jets", "seed", "preset", "channels", "mpi", "pt_min", "pt_max", "eta_max")
 ARMS = ("probe", "finetune", "scratch")
 BASELINES = ("observable", "gbdt", "cnn")
-# Set by the study for every run, so no section may set them.
-STUDY_OWNED = ("experiment", "run_name", "resume", "register_as", "data", "arm", "encoder_uri",
+# Set by the pipeline for every run, so no section may set them.
+PIPELINE_OWNED = ("experiment", "run_name", "resume", "register_as", "data", "arm", "encoder_uri",
                "label_fraction", "seed", "kind")
-# The long pretraining inherits the split of the sweep (the data is the study's): a different
+# The long pretraining inherits the split of the sweep (the data is the pipeline's): a different
 # split here would let the downstream test jets leak into pretraining.
 SPLIT_OWNED = SPLIT_FIELDS
 
 
-class StudySpecError(SweepSpecError):
-    """A problem in a study YAML: one line, naming the file and the key."""
+class PipelineSpecError(SweepSpecError):
+    """A problem in a pipeline YAML: one line, naming the file and the key."""
 
 
 @dataclass(frozen=True)
-class StudySpec:
-    """A validated study: its data, its sweep, and the grid of downstream runs."""
+class PipelineSpec:
+    """A validated pipeline: its data, its sweep, and the grid of downstream runs."""
 
     path: Path
-    text: str  # the YAML as written, logged on the study's parent run as study.yaml
+    text: str  # the YAML as written, logged on the pipeline's parent run as pipeline.yaml
     name: str
     data: dict[str, Any]  # {"file": path} or generator settings (task, n_jets, seed, ...)
     sweep: SweepSpec
@@ -57,32 +57,32 @@ class StudySpec:
 
     @property
     def experiment(self) -> str:
-        """The sweep's experiment: the study's runs nest under one parent there."""
+        """The sweep's experiment: the pipeline's runs nest under one parent there."""
         return self.sweep.experiment
 
 
-def load_study_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study YAML; raises :class:`StudySpecError` (one line) on any problem."""
+def load_pipeline_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate a pipeline YAML; raises :class:`PipelineSpecError` (one line) on any problem."""
     path = Path(path)
-    raw, text = read_yaml(path, "study", StudySpecError)
-    return parse_study_spec(raw, path=path, text=text)
+    raw, text = read_yaml(path, "pipeline", PipelineSpecError)
+    return parse_pipeline_spec(raw, path=path, text=text)
 
 
-def parse_study_spec(raw: Any, *, path: Path, text: str = "") -> StudySpec:
-    def fail(key: str, message: str) -> StudySpecError:
-        return StudySpecError(f"{path}: {key}: {message}")
+def parse_pipeline_spec(raw: Any, *, path: Path, text: str = "") -> PipelineSpec:
+    def fail(key: str, message: str) -> PipelineSpecError:
+        return PipelineSpecError(f"{path}: {key}: {message}")
 
     if not isinstance(raw, dict):
-        raise StudySpecError(f"{path}: the study file must be a mapping of keys ({', '.join(TOP_KEYS)})")
+        raise PipelineSpecError(f"{path}: the pipeline file must be a mapping of keys ({', '.join(TOP_KEYS)})")
     check_keys(raw, TOP_KEYS, "", fail)
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
         raise fail("name", "must be a non-empty string")
     sweep = _sweep(raw.get("sweep"), path, fail)
-    pretrain = config_fields(mapping(raw, "pretrain", fail), PretrainConfig, STUDY_OWNED + SPLIT_OWNED,
-                             "pretrain", fail, owner="the study")
-    downstream = config_fields(mapping(raw, "downstream", fail), DownstreamConfig, STUDY_OWNED + SPLIT_OWNED,
-                               "downstream", fail, owner="the study")
+    pretrain = config_fields(mapping(raw, "pretrain", fail), PretrainConfig, PIPELINE_OWNED + SPLIT_OWNED,
+                             "pretrain", fail, owner="the pipeline")
+    downstream = config_fields(mapping(raw, "downstream", fail), DownstreamConfig, PIPELINE_OWNED + SPLIT_OWNED,
+                               "downstream", fail, owner="the pipeline")
     baselines = _names(raw.get("baselines", list(BASELINES)), BASELINES, "baselines", fail)
     baseline = _baseline_fields(mapping(raw, "baseline", fail), fail) if baselines else {}
     fractions = tuple(_fraction(v, f"fractions[{i}]", fail) for i, v in enumerate(_list(raw, "fractions",
@@ -100,16 +100,16 @@ def parse_study_spec(raw: Any, *, path: Path, text: str = "") -> StudySpec:
         from mae_tracker.baselines import BaselineConfig
 
         check_config(BaselineConfig, baseline, "baseline", fail)
-    return StudySpec(path=path, text=text, name=name.strip(), data=_data(raw.get("data"), path, fail), sweep=sweep,
+    return PipelineSpec(path=path, text=text, name=name.strip(), data=_data(raw.get("data"), path, fail), sweep=sweep,
                      pretrain=pretrain, arms=_names(raw.get("arms", list(ARMS)), ARMS, "arms", fail),
                      baselines=baselines, fractions=fractions, seeds=seeds, downstream=downstream,
                      baseline=baseline, by_fraction=by_fraction, description=str(raw.get("description", "")))
 
 
 def _sweep(raw: Any, path: Path, fail: Fail) -> SweepSpec:
-    """The sweep YAML, relative to the study file; its problems keep the sweep file's name."""
+    """The sweep YAML, relative to the pipeline file; its problems keep the sweep file's name."""
     if not isinstance(raw, str) or not raw:
-        raise fail("sweep", "must name a sweep YAML file (relative to this file), e.g. study-qg-sweep.yaml")
+        raise fail("sweep", "must name a sweep YAML file (relative to this file), e.g. pipeline-qg-sweep.yaml")
     sweep_path = (path.parent / raw) if not Path(raw).is_absolute() else Path(raw)
     if not sweep_path.exists():
         raise fail("sweep", f"no such sweep file: {sweep_path}")
@@ -167,7 +167,7 @@ def _fraction(value: Any, key: str, fail: Fail) -> float:
 def _baseline_fields(values: dict[str, Any], fail: Fail) -> dict[str, Any]:
     from mae_tracker.baselines import BaselineConfig
 
-    return config_fields(values, BaselineConfig, STUDY_OWNED + SPLIT_OWNED, "baseline", fail, owner="the study")
+    return config_fields(values, BaselineConfig, PIPELINE_OWNED + SPLIT_OWNED, "baseline", fail, owner="the pipeline")
 
 
 def _by_fraction(raw: dict[Any, Any], fractions: tuple[float, ...], with_baselines: bool, fail: Fail
@@ -188,8 +188,8 @@ def _by_fraction(raw: dict[Any, Any], fractions: tuple[float, ...], with_baselin
         if not isinstance(values, dict):
             raise fail(f"by_fraction.{key}", "must be a mapping of config fields")
         for name, value in values.items():
-            if name not in allowed or name in STUDY_OWNED + SPLIT_OWNED:
-                raise fail(f"by_fraction.{key}.{name}", "not a field a study may set per fraction")
+            if name not in allowed or name in PIPELINE_OWNED + SPLIT_OWNED:
+                raise fail(f"by_fraction.{key}.{name}", "not a field a pipeline may set per fraction")
             if allowed[name] == "float":
                 values[name] = float(number(value, f"by_fraction.{key}.{name}", fail))
             elif allowed[name] == "int":

@@ -1,4 +1,4 @@
-"""The study recipe end to end at toy size: data, sweep, long pretrain, label efficiency with the
+"""The pipeline recipe end to end at toy size: data, sweep, long pretrain, label efficiency with the
 classical baselines, results table, report; rerunning resumes (trains nothing new)."""
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from mae_tracker.study.__main__ import main
-from mae_tracker.study.spec import StudySpecError, load_study_spec
+from mae_tracker.pipeline.__main__ import main
+from mae_tracker.pipeline.spec import PipelineSpecError, load_pipeline_spec
 
-EXPERIMENT = "study-tests"
+EXPERIMENT = "pipeline-tests"
 ARMS = ["probe", "finetune", "scratch"]
 BASELINES = ["observable", "gbdt", "cnn"]
 FRACTIONS = [0.5, 1.0]
 SEEDS = [0, 1]
 
 
-def write_study(tmp_path: Path, jets_file: Path, name: str = "toy-study", **changes: Any) -> Path:
+def write_pipeline(tmp_path: Path, jets_file: Path, name: str = "toy-pipeline", **changes: Any) -> Path:
     sweep = {"name": f"{name}-sweep", "experiment": EXPERIMENT, "method": "random", "seed": 0, "n_trials": 2,
              "metric": {"name": "val_auc", "goal": "maximize"}, "objective": "probe", "pruner": {"type": "none"},
              "parameters": {"mask_ratio": {"distribution": "uniform", "min": 0.5, "max": 0.9},
@@ -34,25 +34,25 @@ def write_study(tmp_path: Path, jets_file: Path, name: str = "toy-study", **chan
                        "eval_jets": 64, "image_every": 0, "num_threads": 1},
              "downstream": {"epochs": 1, "batch_size": 32}, "promote": False}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
-    study = {"name": name, "data": {"file": str(jets_file)}, "sweep": "sweep.yaml",
+    pipeline = {"name": name, "data": {"file": str(jets_file)}, "sweep": "sweep.yaml",
              "pretrain": {"epochs": 2, "image_jets": 2}, "arms": ARMS, "baselines": BASELINES,
              "fractions": FRACTIONS, "seeds": SEEDS, "downstream": {"epochs": 2, "batch_size": 32},
              "baseline": {"epochs": 1, "batch_size": 32},
              "by_fraction": {0.5: {"epochs": 3, "batch_size": 16}}}
-    study.update(changes)
+    pipeline.update(changes)
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
     return path
 
 
 @pytest.fixture(scope="module")
-def study(jets_file, tmp_path_factory) -> dict[str, Any]:
-    from mae_tracker.study.runner import run_study
+def pipeline(jets_file, tmp_path_factory) -> dict[str, Any]:
+    from mae_tracker.pipeline.runner import run_pipeline
 
-    tmp = tmp_path_factory.mktemp("study")
-    path = write_study(tmp, jets_file)
-    first = run_study(path, out_dir=tmp / "report", echo=lambda line: None)
-    second = run_study(path, echo=lambda line: None)
+    tmp = tmp_path_factory.mktemp("pipeline")
+    path = write_pipeline(tmp, jets_file)
+    first = run_pipeline(path, out_dir=tmp / "report", echo=lambda line: None)
+    second = run_pipeline(path, echo=lambda line: None)
     return {"first": first, "second": second, "out": tmp / "report"}
 
 
@@ -62,17 +62,17 @@ def runs_under(parent_id: str) -> list[mlflow.entities.Run]:
     return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
-def test_every_step_is_nested_under_one_finished_study_run(study):
-    result = study["first"]
+def test_every_step_is_nested_under_one_finished_pipeline_run(pipeline):
+    result = pipeline["first"]
     client = mlflow.MlflowClient()
     parent = client.get_run(result["run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.tags["kind"] == "study"
+    assert parent.info.status == "FINISHED" and parent.data.tags["kind"] == "pipeline"
     nested = {run.info.run_id: run for run in runs_under(result["run_id"])}
     assert set(nested) == {result["sweep_parent_run_id"], result["pretrain_run_id"],
                            result["label_efficiency_run_id"]}
     assert all(run.info.status == "FINISHED" for run in nested.values())
     assert len(runs_under(result["sweep_parent_run_id"])) == 2  # the sweep's trials
-    # the long pretraining = the sweep's fixed fields + the best trial's parameters + the study's own
+    # the long pretraining = the sweep's fixed fields + the best trial's parameters + the pipeline's own
     sweep_best = client.get_run(result["sweep_parent_run_id"]).data
     pretrain = nested[result["pretrain_run_id"]].data.params
     assert pretrain["epochs"] == "2" and pretrain["depth"] == "2"
@@ -81,8 +81,8 @@ def test_every_step_is_nested_under_one_finished_study_run(study):
     assert result["encoder_uri"].startswith("runs:/" + result["pretrain_run_id"])
 
 
-def test_label_efficiency_children_cover_arms_baselines_fractions_seeds(study):
-    result = study["first"]
+def test_label_efficiency_children_cover_arms_baselines_fractions_seeds(pipeline):
+    result = pipeline["first"]
     children = runs_under(result["label_efficiency_run_id"])
     keys = {(r.data.tags["arm"], float(r.data.params["label_fraction"]), int(r.data.params["seed"])) for r in children}
     assert keys == {(a, f, s) for a in ARMS + BASELINES for f in FRACTIONS for s in SEEDS}
@@ -99,8 +99,8 @@ def test_label_efficiency_children_cover_arms_baselines_fractions_seeds(study):
     assert epochs[("cnn", 0.5)] == "3" and epochs[("cnn", 1.0)] == "1"
 
 
-def test_results_table_holds_mean_and_spread_of_the_children(study):
-    result = study["first"]
+def test_results_table_holds_mean_and_spread_of_the_children(pipeline):
+    result = pipeline["first"]
     summary, table = result["summary"], result["table"]
     assert len(summary) == len(ARMS + BASELINES) * len(FRACTIONS)
     assert set(summary.seeds) == {2}
@@ -110,17 +110,17 @@ def test_results_table_holds_mean_and_spread_of_the_children(study):
         assert row.test_auc_std == pytest.approx(group.test_auc.std(ddof=1))
         assert row.test_acc_mean == pytest.approx(group.test_acc.mean())
         assert 0.0 <= row.test_auc_mean <= 1.0 and row.wall_s_mean > 0
-    logged = mlflow.artifacts.load_text(f"runs:/{result['run_id']}/study_results.csv")
+    logged = mlflow.artifacts.load_text(f"runs:/{result['run_id']}/pipeline_results.csv")
     pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(logged))[["arm", "test_auc_mean"]],
                                   summary[["arm", "test_auc_mean"]], check_exact=False)
-    markdown = mlflow.artifacts.load_text(f"runs:/{result['run_id']}/study_results.md")
+    markdown = mlflow.artifacts.load_text(f"runs:/{result['run_id']}/pipeline_results.md")
     assert markdown.count("\n") == len(summary) + 2 and "gbdt" in markdown and " ± " in markdown
-    report = (study["out"] / "report.md").read_text()
-    assert "Label efficiency" in report and "Classical baselines" in report and (study["out"] / "report.html").exists()
+    report = (pipeline["out"] / "report.md").read_text()
+    assert "Label efficiency" in report and "Classical baselines" in report and (pipeline["out"] / "report.html").exists()
 
 
-def test_rerunning_the_study_resumes_and_trains_nothing(study):
-    first, second = study["first"], study["second"]
+def test_rerunning_the_pipeline_resumes_and_trains_nothing(pipeline):
+    first, second = pipeline["first"], pipeline["second"]
     assert second["run_id"] == first["run_id"]
     assert second["pretrain_run_id"] == first["pretrain_run_id"]
     assert second["label_efficiency_run_id"] == first["label_efficiency_run_id"]
@@ -132,43 +132,43 @@ def test_rerunning_the_study_resumes_and_trains_nothing(study):
 @pytest.mark.parametrize("change, message", [
     ({"fractions": [0.5, 1.5]}, "fractions[1]: must be in (0, 1]"),
     ({"by_fraction": {0.25: {"epochs": 3}}}, "by_fraction.0.25: is not one of the fractions"),
-    ({"by_fraction": {0.5: {"seed": 3}}}, "by_fraction.0.5.seed: not a field a study may set"),
+    ({"by_fraction": {0.5: {"seed": 3}}}, "by_fraction.0.5.seed: not a field a pipeline may set"),
     ({"arms": ["probe", "linear"]}, "arms: must be a list of distinct names"),
-    ({"downstream": {"data": "x.h5"}}, "downstream.data: is set by the study"),
-    ({"pretrain": {"split_seed": 3}}, "pretrain.split_seed: is set by the study"),
+    ({"downstream": {"data": "x.h5"}}, "downstream.data: is set by the pipeline"),
+    ({"pretrain": {"split_seed": 3}}, "pretrain.split_seed: is set by the pipeline"),
     ({"sweep": "missing.yaml"}, "sweep: no such sweep file"),
     ({"colour": "blue"}, "colour: unknown key"),
     ({"pretrain": {"mask_ratio": 1.5}}, "pretrain.mask_ratio: 1.5 is outside the allowed range: 0 < mask_ratio < 1"),
     ({"by_fraction": {0.5: {"dropout": 1.0}}}, "by_fraction.0.5.dropout: 1.0 is outside the allowed range"),
 ])
-def test_a_bad_study_file_is_one_line_naming_the_key(tmp_path, jets_file, change, message):
-    path = write_study(tmp_path, jets_file, **change)
-    with pytest.raises(StudySpecError) as err:
-        load_study_spec(path)
+def test_a_bad_pipeline_file_is_one_line_naming_the_key(tmp_path, jets_file, change, message):
+    path = write_pipeline(tmp_path, jets_file, **change)
+    with pytest.raises(PipelineSpecError) as err:
+        load_pipeline_spec(path)
     assert message in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
     outcome = CliRunner().invoke(main, [str(path)])
     assert outcome.exit_code == 1 and message in outcome.output
 
 
-def test_the_shipped_study_files_are_valid():
+def test_the_shipped_pipeline_files_are_valid():
     root = Path(__file__).resolve().parents[1] / "sweeps"
-    for path in sorted(root.glob("study-*.yaml")):
+    for path in sorted(root.glob("pipeline-*.yaml")):
         if path.name.endswith("-sweep.yaml"):
             continue
-        spec = load_study_spec(path)
+        spec = load_pipeline_spec(path)
         assert spec.fractions == (0.01, 0.1, 1.0) and spec.seeds == (0, 1, 2)
         assert set(spec.arms) == {"probe", "finetune", "scratch"} and set(spec.baselines) == {"observable", "gbdt",
                                                                                               "cnn"}
         # quark/gluon: the issue's 50,000 jets; top/QCD and e/gamma: 30,000 (what 2 CPU cores ran in a session)
         least = 50_000 if spec.data.get("task", "quark-gluon") == "quark-gluon" else 30_000
         assert spec.data.get("n_jets", 0) >= least or "file" in spec.data, path.name
-    assert {p.name for p in root.glob("study-*.yaml")} >= {"study-qg.yaml", "study-top-qcd.yaml", "study-eg.yaml"}
+    assert {p.name for p in root.glob("pipeline-*.yaml")} >= {"pipeline-qg.yaml", "pipeline-top-qcd.yaml", "pipeline-eg.yaml"}
 
 
-def test_a_changed_study_file_is_a_new_plan_not_a_resume(study):
+def test_a_changed_pipeline_file_is_a_new_plan_not_a_resume(pipeline):
     from mae_tracker.label_efficiency import same_plan
 
-    result = study["first"]
+    result = pipeline["first"]
     plan = {"fractions": FRACTIONS, "seeds": SEEDS, "arms": ARMS + BASELINES,
             "overrides": {"epochs": 2, "batch_size": 32}, "baseline_overrides": {"epochs": 1, "batch_size": 32},
             "fraction_overrides": {0.5: {"epochs": 3, "batch_size": 16}}}
@@ -178,7 +178,7 @@ def test_a_changed_study_file_is_a_new_plan_not_a_resume(study):
     assert not same_plan(result["label_efficiency_run_id"], result["encoder_uri"], **{**plan, "seeds": [0]})
 
 
-def test_a_study_or_its_sweep_on_other_data_is_refused_before_anything_runs(study, jets_file, tmp_path):
+def test_a_pipeline_or_its_sweep_on_other_data_is_refused_before_anything_runs(pipeline, jets_file, tmp_path):
     other = tmp_path / "other.h5"  # the same jets, other bytes: another sha256
     shutil.copy(jets_file, other)
     with h5py.File(other, "a") as handle:
@@ -187,18 +187,18 @@ def test_a_study_or_its_sweep_on_other_data_is_refused_before_anything_runs(stud
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     before = len(client.search_runs([experiment_id], max_results=5000))
 
-    # The same study on another file: it reopened the parent made on the first one.
-    path = write_study(tmp_path, other)
+    # The same pipeline on another file: it reopened the parent made on the first one.
+    path = write_pipeline(tmp_path, other)
     outcome = CliRunner().invoke(main, [str(path)])
     assert outcome.exit_code == 1 and len(outcome.stderr.strip().splitlines()) == 1, outcome.output
-    assert f"study 'toy-study' (parent run {study['first']['run_id']})" in outcome.stderr
+    assert f"pipeline 'toy-pipeline' (parent run {pipeline['first']['run_id']})" in outcome.stderr
     assert str(jets_file) in outcome.stderr and str(other) in outcome.stderr and "another `name:`" in outcome.stderr
-    # A renamed study whose sweep file still names the sweep that ran on the first file.
+    # A renamed pipeline whose sweep file still names the sweep that ran on the first file.
     (tmp_path / "renamed").mkdir()
-    path = write_study(tmp_path / "renamed", other, name="renamed-study")
+    path = write_pipeline(tmp_path / "renamed", other, name="renamed-pipeline")
     sweep = yaml.safe_load((tmp_path / "renamed" / "sweep.yaml").read_text())
-    (tmp_path / "renamed" / "sweep.yaml").write_text(yaml.safe_dump({**sweep, "name": "toy-study-sweep"}))
+    (tmp_path / "renamed" / "sweep.yaml").write_text(yaml.safe_dump({**sweep, "name": "toy-pipeline-sweep"}))
     outcome = CliRunner().invoke(main, [str(path)])
-    assert outcome.exit_code == 1 and "study 'toy-study-sweep'" in outcome.stderr and "another file" in outcome.stderr
+    assert outcome.exit_code == 1 and "study 'toy-pipeline-sweep'" in outcome.stderr and "another file" in outcome.stderr
     assert len(client.search_runs([experiment_id], max_results=5000)) == before  # nothing written
-    assert client.get_run(study["first"]["run_id"]).info.status == "FINISHED"
+    assert client.get_run(pipeline["first"]["run_id"]).info.status == "FINISHED"
