@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mae_tracker.models.classifier import JetClassifier
-from mae_tracker.models.variants import build_encoder, encoder_config
+from mae_tracker.models.encoders import build_encoder
+from mae_tracker.models.variants import encoder_config
 from mae_tracker.train import loop
 
 

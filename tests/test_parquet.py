@@ -19,7 +19,7 @@ from mae_tracker.data.dataset import open_dataset
 from mae_tracker.data.errors import DataError
 from mae_tracker.data.jetfile import JetImageReader
 from mae_tracker.data.parquet import open_parquet_file
-from mae_tracker.data.parquet_reader import BlockCache, ParquetJetReader
+from mae_tracker.data.parquet_reader import BlockCache, ParquetJetReader, check_parquet_values
 
 
 @pytest.mark.parametrize("row_group_size", [1, 3, 40])
@@ -29,7 +29,8 @@ def test_reading_by_row_group_equals_the_source_arrays(tmp_path, row_group_size)
     pt = np.linspace(70, 200, 40)
     path = write_cms_parquet(tmp_path / "qg.snappy.parquet", images, labels, row_group_size=row_group_size,
                              extras={"pt": pt, "m0": pt / 10})
-    info = open_parquet_file(path, check_values=True)
+    info = open_parquet_file(path)
+    check_parquet_values(info)
     assert (info.format, info.images_key, info.n_jets, info.image_shape) == ("parquet", "X_jets", 40, (3, 12, 12))
     assert not info.channels_last and info.channel_names == ("Tracks", "ECAL", "HCAL")
     assert info.extra_keys == ("pt", "m0") and info.task == "quark-gluon"
@@ -122,8 +123,7 @@ def _bad_file(tmp_path, case):
 def test_bad_file_gives_one_line_naming_it(tmp_path, case, message):
     path = _bad_file(tmp_path, case)
     with pytest.raises(DataError) as err:
-        info = open_parquet_file(path, check_values=True)  # ragged and NaN show up when read
-        ParquetJetReader(info).read(np.arange(info.n_jets))
+        check_parquet_values(open_parquet_file(path))  # ragged and NaN show up when read
     text = str(err.value)
     assert "\n" not in text and text.startswith(str(path)) and message in text, text
     # the same through a dataset of several files

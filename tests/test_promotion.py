@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 import label_efficiency_grid as shared
 from conftest import own_tracking_store
 from mae_tracker.registry import promotion as registry
+from mae_tracker.sweep.promotion import promote_from_sweep
 from mae_tracker.registry.evidence import comparison_noise, is_test_metric
 from mae_tracker.train.evaluation import Z95
 from mae_tracker.train.tracking import ensure_experiment
@@ -196,7 +197,7 @@ def sweep_trial(files: Path, pretrain: tuple[float, float], objective: tuple[flo
 
 def test_a_sweep_promotes_with_the_error_of_the_run_that_measured_its_objective(encoder_files):
     pretrain_id, probe_id = sweep_trial(encoder_files, (0.80, 0.02), (0.70, 0.03))
-    result = registry.promote_from_sweep(pretrain_id, metric="val_auc", value=0.70, study="quick", trial=2)
+    result = promote_from_sweep(pretrain_id, metric="val_auc", value=0.70, study="quick", trial=2)
     tags = tags_of(result.version)
     assert (tags["study"], tags["trial"], tags["metric"], tags["goal"]) == ("quick", "2", "val_auc", "maximize")
     assert tags["source_run_id"] == pretrain_id  # the registered encoder ...
@@ -209,17 +210,17 @@ def test_a_sweep_promotes_with_the_error_of_the_run_that_measured_its_objective(
     # online probe looks fine.
     chance_pretrain, chance_probe = sweep_trial(encoder_files, (0.80, 0.02), (0.55, 0.04))
     with pytest.raises(ValueError, match=f"\\(measured by run {chance_probe}\\) does not exclude chance"):
-        registry.promote_from_sweep(chance_pretrain, metric="val_auc", value=0.55, study="quick", trial=3)
+        promote_from_sweep(chance_pretrain, metric="val_auc", value=0.55, study="quick", trial=3)
     with pytest.raises(ValueError, match="is not run"):
-        registry.promote_from_sweep(pretrain_id, metric="val_auc", value=0.71, study="quick", trial=2)
+        promote_from_sweep(pretrain_id, metric="val_auc", value=0.71, study="quick", trial=2)
     # The reconstruction objective is measured by the pretrain run itself; its floor is the online probe.
-    loss = registry.promote_from_sweep(pretrain_id, metric="train_eval_loss", value=0.05, study="quick", trial=2)
+    loss = promote_from_sweep(pretrain_id, metric="train_eval_loss", value=0.05, study="quick", trial=2)
     tags = tags_of(loss.version)
     assert (tags["goal"], tags["metric_run_id"], float(tags["metric_se"])) == ("minimize", pretrain_id, 0.001)
     assert tags["floor_metric"] == "val_probe_auc"
     alone = encoder_run(encoder_files, 0.80, 0.02)  # not under a trial run
     with pytest.raises(ValueError, match="cannot find the run that measured val_auc"):
-        registry.promote_from_sweep(alone, metric="val_auc", value=0.80, study="quick", trial=4)
+        promote_from_sweep(alone, metric="val_auc", value=0.80, study="quick", trial=4)
 
 
 def test_comparison_needs_the_same_split_and_respects_the_goal():

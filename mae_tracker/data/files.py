@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
+from mae_tracker.atomic import write_text_atomically
 from mae_tracker.data.errors import DataError
 from mae_tracker.data.jetfile import file_digest
 from mae_tracker.data.parquet import is_parquet, open_parquet_file
+from mae_tracker.data.parquet_reader import check_parquet_values
 from mae_tracker.data.validate import JetFileInfo, open_jet_file
 
 __all__ = ["DataSpec", "DATA_SUFFIXES", "absolute_spec", "cached_file_digest", "open_any", "resolve_files",
@@ -108,7 +110,10 @@ def resolve_files(spec: DataSpec) -> tuple[list[Path], Path]:
 def open_any(path: Path, *, check_values: bool = False, progress: bool = False) -> JetFileInfo:
     """Validate an HDF5 or Parquet jet file (chosen by signature, else by suffix)."""
     if is_parquet(path) or path.name.lower().endswith(PARQUET_SUFFIXES):
-        return open_parquet_file(path, check_values=check_values, progress=progress)
+        info = open_parquet_file(path)
+        if check_values:
+            check_parquet_values(info, progress=progress)
+        return info
     return open_jet_file(path, check_values=check_values, progress=progress)
 
 
@@ -127,8 +132,5 @@ def cached_file_digest(path: Path, cache: Path | None = None) -> str:
     except (OSError, ValueError, KeyError):
         pass
     digest = file_digest(path)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key, "sha256": digest}))
-    os.replace(tmp, entry)
+    write_text_atomically(entry, json.dumps({"key": key, "sha256": digest}))
     return digest

@@ -148,12 +148,11 @@ def _is_scalar_number(kind: pa.DataType) -> bool:
     return pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)
 
 
-def open_parquet_file(path: str | os.PathLike[str], *, check_values: bool = False,
-                      progress: bool = False) -> JetFileInfo:
+def open_parquet_file(path: str | os.PathLike[str]) -> JetFileInfo:
     """Validate a Parquet jet file and describe it (``format="parquet"``); DataError otherwise.
 
-    Reads the footer, the first jet (for the image shape) and the labels; ``check_values``
-    streams every image once for NaN/inf (a pass over the file).
+    Reads the footer, the first jet (for the image shape) and the labels;
+    ``parquet_reader.check_parquet_values`` streams every image once for NaN/inf.
     """
     path = Path(path).expanduser()
     pf = open_parquet(path, streaming=True)  # the first jet only: never a whole row group
@@ -195,16 +194,4 @@ def open_parquet_file(path: str | os.PathLike[str], *, check_values: bool = Fals
                        channels=channels, height=height, width=width, channels_last=channels_last,
                        channel_names=channel_names_of(key, channels, attrs), extra_keys=extra_keys,
                        attrs=attrs, format="parquet")
-    if check_values:
-        from mae_tracker.data.parquet_reader import ParquetJetReader
-
-        reader = ParquetJetReader(info)
-        starts: Any = range(0, n_jets, reader.block_rows)
-        if progress:
-            from mae_tracker.progress import progress_bar
-
-            starts = progress_bar(starts, desc=f"checking {path.name}", unit="block")
-        for start in starts:  # read() raises on NaN/inf
-            reader.read(np.arange(start, min(n_jets, start + reader.block_rows)))
-        reader.close()
     return info

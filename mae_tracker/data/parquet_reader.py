@@ -32,7 +32,7 @@ from mae_tracker.data.jetfile import as_indices, sorted_unique
 from mae_tracker.data.parquet import decode_images, open_parquet, open_parquet_file, read_scalar_column
 from mae_tracker.data.validate import JetFileInfo
 
-__all__ = ["BlockCache", "DEFAULT_BLOCK_BYTES", "DEFAULT_CACHE_BYTES", "ParquetJetReader"]
+__all__ = ["BlockCache", "DEFAULT_BLOCK_BYTES", "DEFAULT_CACHE_BYTES", "ParquetJetReader", "check_parquet_values"]
 
 _TOKENS = itertools.count()
 DEFAULT_CACHE_BYTES = 256 * 2**20
@@ -308,3 +308,18 @@ class ParquetJetReader:
         self._streams = OrderedDict()
         if self._own_cache:
             self.cache.clear()
+
+
+def check_parquet_values(info: JetFileInfo, *, progress: bool = False) -> None:
+    """Stream every image of a Parquet jet file once; DataError at the first NaN/inf."""
+    reader = ParquetJetReader(info)
+    starts: Any = range(0, info.n_jets, reader.block_rows)
+    if progress:
+        from mae_tracker.progress import progress_bar
+
+        starts = progress_bar(starts, desc=f"checking {info.path.name}", unit="block")
+    try:
+        for start in starts:  # read() raises on NaN/inf
+            reader.read(np.arange(start, min(info.n_jets, start + reader.block_rows)))
+    finally:
+        reader.close()

@@ -1,6 +1,7 @@
 """Models: MAE (ViT and hybrid Conv+ViT encoders) and classifiers. Knows nothing of data files."""
 
 from mae_tracker.models.classifier import JetClassifier
+from mae_tracker.models.encoders import build_encoder
 from mae_tracker.models.hybrid import HybridEncoder
 from mae_tracker.models.mae import MaskedAutoencoder, build_mae, patchify, unpatchify
 from mae_tracker.models.variants import (
@@ -8,7 +9,6 @@ from mae_tracker.models.variants import (
     VARIANTS,
     EncoderConfig,
     MAEConfig,
-    build_encoder,
     encoder_config,
     mae_config,
 )

@@ -22,7 +22,8 @@ from torch import nn
 from mae_tracker.models.blocks import TransformerBlock
 from mae_tracker.models.masking import gather_tokens, mask_to_map, occupancy_weighted_noise
 from mae_tracker.models.pos_embed import sincos_pos_embed_2d
-from mae_tracker.models.variants import EncoderConfig, MAEConfig, build_encoder
+from mae_tracker.models.encoders import build_encoder
+from mae_tracker.models.variants import EncoderConfig, MAEConfig
 from mae_tracker.models.vit import init_mae_weights
 
 __all__ = ["MAEConfig", "MaskedAutoencoder", "build_mae", "patchify", "unpatchify"]

@@ -25,7 +25,8 @@ from torch import nn
 from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.classifier import JetClassifier
 from mae_tracker.models.mae import MaskedAutoencoder, build_mae
-from mae_tracker.models.variants import EncoderConfig, MAEConfig, build_encoder
+from mae_tracker.models.encoders import build_encoder
+from mae_tracker.models.variants import EncoderConfig, MAEConfig
 
 INPUT_LAYOUT = "NHWC"  # channels last, like the CMS E2E `X_jets` (N, H, W, C)
 KINDS = ("encoder", "mae", "tagger")

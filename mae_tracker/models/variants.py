@@ -2,7 +2,9 @@
 
 An ``EncoderConfig`` (and ``MAEConfig``, which wraps one plus the decoder) is what gets
 logged to MLflow and stored with checkpoints: ``build_encoder(EncoderConfig.from_dict(d))``
-rebuilds a module whose ``state_dict`` loads. Variants are just defaults for it.
+rebuilds a module whose ``state_dict`` loads (``models.encoders.build_encoder``).
+This module needs no torch: configs and the variant table only, apart from the model files
+(as timm keeps its registry apart from them). Variants are just defaults for it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
-
-from torch import nn
 
 ENCODER_KINDS = ("vit", "hybrid")
 
@@ -252,14 +252,3 @@ def mae_config(
             dec[key] = value
     return MAEConfig(encoder=enc, norm_pix_loss=norm_pix_loss, occupied_pixel_weight=occupied_pixel_weight,
                      occupied_patch_weight=occupied_patch_weight, extra={"variant": variant}, **dec)
-
-
-def build_encoder(cfg: EncoderConfig) -> nn.Module:
-    """Fresh, initialised encoder (ViTEncoder or HybridEncoder) for a config."""
-    if cfg.kind == "vit":
-        from mae_tracker.models.vit import ViTEncoder
-
-        return ViTEncoder(cfg)
-    from mae_tracker.models.hybrid import HybridEncoder
-
-    return HybridEncoder(cfg)

@@ -100,7 +100,7 @@ def promote(run_id: str, *, metric: str | None = None, value: float | None = Non
                              "promote on a validation metric (val_probe_auc, best_val_auc)")
     configure_tracking()
     client = MlflowClient()
-    run = _get_run(client, run_id)
+    run = get_run(client, run_id)
     _refuse_unusable(client, run)
     model = _model_role(run)
     model_id = _logged_model_id(client, run, model)
@@ -115,7 +115,7 @@ def promote(run_id: str, *, metric: str | None = None, value: float | None = Non
     metric = metric or DEFAULT_METRIC[model]
     source = run
     if metric_run_id and metric_run_id != run_id:
-        source = _get_run(client, metric_run_id)
+        source = get_run(client, metric_run_id)
         _refuse_unusable(client, source)
     evidence = read_evidence(source, metric_key or metric, value)
     if source is not run:
@@ -139,42 +139,7 @@ def promote(run_id: str, *, metric: str | None = None, value: float | None = Non
     return PromotionResult(family, version, alias, reason, previous, evidence.interval(), noise)
 
 
-def promote_from_sweep(pretrain_run_id: str, *, metric: str, value: float, study: str, trial: int,
-                       goal: str | None = None) -> PromotionResult:
-    """Promote a sweep's best trial's encoder with the study's objective value.
-
-    The value and its error are read from the run that measured them: the trial's probe or
-    finetune run (the trial run's ``downstream_run_id`` tag; the pretrain run is nested under
-    the trial run) for ``val_auc`` / ``val_acc``, else the pretrain run itself. ``goal``
-    defaults from the metric name: names containing "loss" are minimised, anything else (AUC,
-    accuracy) maximised.
-    """
-    goal = goal or ("minimize" if "loss" in metric.lower() else "maximize")
-    measured_by, key = sweep_measurement(pretrain_run_id, metric)
-    return promote(pretrain_run_id, metric=metric, value=value, goal=goal, study=study, trial=trial,
-                   metric_run_id=measured_by, metric_key=key)
-
-
-def sweep_measurement(pretrain_run_id: str, metric: str) -> tuple[str, str]:
-    """(run id, metric key) where a sweep trial's objective ``metric`` was logged with its error."""
-    from mae_tracker.sweep.objective import DOWNSTREAM_KEYS  # here: only sweeps need optuna
-
-    if metric not in DOWNSTREAM_KEYS:
-        return pretrain_run_id, metric
-    configure_tracking()
-    client = MlflowClient()
-    trial_id = _get_run(client, pretrain_run_id).data.tags.get("mlflow.parentRunId", "")
-    downstream = _get_run(client, trial_id).data.tags.get("downstream_run_id", "") if trial_id else ""
-    if not downstream:
-        raise ValueError(f"cannot find the run that measured {metric} for pretrain run {pretrain_run_id} (no trial "
-                         "run with a downstream_run_id tag above it); promote a downstream run by hand")
-    return downstream, DOWNSTREAM_KEYS[metric]
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def _get_run(client: MlflowClient, run_id: str) -> Run:
+def get_run(client: MlflowClient, run_id: str) -> Run:
     try:
         return client.get_run(run_id)
     except MlflowException as err:

@@ -28,6 +28,7 @@ from mae_tracker.sweep import parent as parent_run
 from mae_tracker.sweep.objective import Objective, TrialContext
 from mae_tracker.sweep.sampling import PerTrialSeedSampler, make_pruner
 from mae_tracker.sweep.spec import SweepSpec, load_spec
+from mae_tracker.sweep.summary import summarize
 from mae_tracker.sweep.storage import STORAGE_ENV, make_storage, mask_password, resolve_storage_url, sqlite_path
 from mae_tracker.train import distributed, tracking
 from mae_tracker.ui_links import run_where
@@ -117,7 +118,7 @@ def run_sweep(spec_path: str | Path, *, storage: str | None = None, study_name: 
             # still running on other machines), so the report below covers the whole study.
             run_trials(study, storage_obj, spec, parent_id, num_threads=num_threads, progress=progress,
                        pruner=pruner, wait=True, echo=echo)
-            from mae_tracker.sweep.report import finish
+            from mae_tracker.sweep.outcome import finish
 
             return finish(study, spec, url, parent_id, echo=echo)
 
@@ -196,13 +197,6 @@ def data_binding(spec: SweepSpec, progress: bool = False) -> binding.DataBinding
     prepared = prepare_data(config, progress=progress)
     return binding.DataBinding(str(Path(prepared.path).resolve()), prepared.digest,
                                binding.split_text(config.to_dict()))
-
-
-def counts(study: optuna.Study) -> dict[str, int]:
-    states: dict[str, int] = {}
-    for trial in study.get_trials(deepcopy=False):
-        states[trial.state.name] = states.get(trial.state.name, 0) + 1
-    return states
 
 
 def _remaining(study: optuna.Study, spec: SweepSpec, sampler: PerTrialSeedSampler) -> int:
@@ -345,15 +339,3 @@ def _spawn_workers(spec: SweepSpec, url: str, n_workers: int, progress: bool) ->
     failed = [f"worker {i} exited {code}" for i, code in enumerate(codes) if code != 0]
     if failed:
         print(f"warning: {'; '.join(failed)}; finished trials are kept, rerun to continue", flush=True)
-
-
-def summarize(study: optuna.Study, spec: SweepSpec, url: str, parent_id: str) -> dict[str, Any]:
-    summary: dict[str, Any] = {"study": spec.name, "storage": mask_password(url), "parent_run_id": parent_id,
-                               "n_trials": spec.n_trials, "states": counts(study), "metric": spec.metric}
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if complete:
-        best = study.best_trial
-        summary.update(best_trial=best.number, best_value=best.value, best_params=best.params,
-                       best_encoder_uri=best.user_attrs.get("encoder_uri"),
-                       best_pretrain_run_id=best.user_attrs.get("pretrain_run_id"))
-    return summary

@@ -73,7 +73,7 @@ def trial_rows(study: optuna.Study, spec: SweepSpec, champion_pretrain_run: str 
 def objective_se(trial: FrozenTrial, spec: SweepSpec) -> float | None:
     """The objective's standard error from the run that measured it, read as the registry reads
     it; None where that run logged none (a reconstruction loss, a run from before errors)."""
-    from mae_tracker.registry.promotion import sweep_measurement  # the registry pulls in model code: only here
+    from mae_tracker.sweep.promotion import sweep_measurement  # the registry pulls in model code: only here
 
     pretrain = trial.user_attrs.get("pretrain_run_id")
     if not pretrain or trial.value is None:

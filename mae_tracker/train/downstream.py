@@ -17,7 +17,8 @@ from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.classifier import JetClassifier
 from mae_tracker.models.packaged import JetTagger
-from mae_tracker.models.variants import EncoderConfig, build_encoder
+from mae_tracker.models.encoders import build_encoder
+from mae_tracker.models.variants import EncoderConfig
 from mae_tracker.train import distributed, loop, saved_model, tracking
 from mae_tracker.train.config import DownstreamConfig, resolve_pixel_options
 from mae_tracker.train.architecture import build_encoder_config

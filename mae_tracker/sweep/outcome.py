@@ -18,8 +18,9 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from mae_tracker.sweep.runner import summarize  # noqa: E402
+from mae_tracker.sweep.promotion import promote_from_sweep  # noqa: E402
 from mae_tracker.sweep.spec import SweepSpec  # noqa: E402
+from mae_tracker.sweep.summary import summarize  # noqa: E402
 from mae_tracker.sweep.table import record_table  # noqa: E402
 from mae_tracker.ui_links import run_where  # noqa: E402
 
@@ -139,11 +140,6 @@ def promote_best(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSp
     if client.get_run(parent_id).data.tags.get(PROMOTED_TAG) == pretrain_run_id:
         echo(f"[{spec.name}] promotion: trial {best.number}'s encoder was already offered by this sweep")
         return {"skipped": "already promoted"}
-    try:
-        from mae_tracker.registry.promotion import promote_from_sweep
-    except ImportError as err:
-        echo(f"[{spec.name}] promotion skipped: the model registry helper is not available ({err})")
-        return {"skipped": f"registry unavailable: {err}"}
     try:
         result = promote_from_sweep(pretrain_run_id, metric=spec.metric, value=float(best.value),
                                     study=spec.name, trial=best.number, goal=spec.goal)
