@@ -140,7 +140,7 @@ def server_command(settings: ServerSettings, workdir: Path) -> tuple[list[str], 
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI")}
     env.update({
         "MLFLOW_BACKEND_STORE_URI": settings.backend_store_uri,
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job-runner processes (FIELD-NOTES)
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job-runner processes (docs/field-notes.md)
         "PYTHONUNBUFFERED": "1",
     })
     argv = [sys.executable, "-m", "mlflow", "server", "--host", settings.host, "--port", str(settings.port),

@@ -1,7 +1,7 @@
 """Links into the MLflow UI that open its model-training view, for every line we print or write.
 
 MLflow 3.17's UI keeps a GenAI / model-training toggle in the browser and reads
-``workflowType=machine_learning`` from the URL (FIELD-NOTES, 2026-12-07). The UI routes with a
+``workflowType=machine_learning`` from the URL (docs/field-notes.md, 2026-12-07). The UI routes with a
 hash router (react-router's ``createHashRouter``: the location is parsed from
 ``window.location.hash``) and reads the parameter with ``useSearchParams``, so the query belongs
 *inside the hash route*: ``http://host:5000/#/experiments/1/runs/<id>?workflowType=machine_learning``.

@@ -8,7 +8,7 @@ from mae_tracker.train.config import CommonConfig
 
 KINDS = ("observable", "gbdt", "cnn")
 
-# The CNN's preprocessing when the config leaves it empty: measured (FIELD-NOTES, default data,
+# The CNN's preprocessing when the config leaves it empty: measured (docs/field-notes.md, default data,
 # 3,000 jets) a 3-layer CNN reaches 0.835 on log1p, per-channel-scaled images vs 0.808 with the
 # seed recipe's per-sample min-max, which throws away each jet's absolute scale.
 CNN_PIXEL_OPTIONS = {"pixel_transform": "log1p", "pixel_scaling": "channel"}
