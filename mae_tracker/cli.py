@@ -11,7 +11,7 @@ import click
 from mae_tracker.baselines.config import BaselineConfig
 from mae_tracker.cli_errors import clean_errors
 from mae_tracker.next_steps import after_classifier, after_pretrain
-from mae_tracker.train.config import ARM_DEFAULTS, DownstreamConfig, PretrainConfig
+from mae_tracker.train.config import ARM_DEFAULTS, DOWNSTREAM_ARMS, DownstreamConfig, PretrainConfig
 from mae_tracker.ui_links import model_route, run_where, where_to_look
 
 
@@ -63,7 +63,7 @@ def main() -> None:
 def generate(out: Path, workers: int, progress: bool, task: str, fmt: str, files: int, split_by_class: bool,
              row_group_size: int, **settings: Any) -> None:
     """Generate labelled images (quark/gluon, top/QCD or electron/photon) in the CMS E2E layouts."""
-    from mae_tracker.data.tasks import generate_task_file, make_config
+    from mae_tracker.sim.generate import generate_layout, generate_task_file, make_config
 
     try:
         config = make_config(task, **settings)
@@ -75,8 +75,6 @@ def generate(out: Path, workers: int, progress: bool, task: str, fmt: str, files
         path = generate_task_file(config, out, workers=workers, progress=progress)
         click.echo(f"wrote {path}")
         return
-    from mae_tracker.data.layouts import generate_layout
-
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise click.UsageError(f"--out {out} already exists; give a new (or empty) folder for the files")
     for path in generate_layout(config, out, fmt=fmt, files=files, split_by_class=split_by_class,
@@ -92,7 +90,7 @@ def generate(out: Path, workers: int, progress: bool, task: str, fmt: str, files
 def inspect(path: str, plot_path: Path | None) -> None:
     """Summarise jet images (a file, folder, glob or comma list; HDF5 or Parquet): size, balance,
     per-channel statistics."""
-    from mae_tracker.data.inspect import format_summary, plot_mean_images, summarize
+    from mae_tracker.data.describe import format_summary, plot_mean_images, summarize
 
     summary = summarize(path, with_mean_images=plot_path is not None)  # one pass over the file
     click.echo(format_summary(summary))
@@ -158,7 +156,7 @@ def _downstream_command(arm: str) -> None:
     main.command(name=arm)(command)
 
 
-for _arm in ("finetune", "probe", "scratch"):
+for _arm in DOWNSTREAM_ARMS:
     _downstream_command(_arm)
 
 

@@ -19,12 +19,11 @@ import mlflow
 
 from mae_tracker.report import collect, figures
 from mae_tracker.train import saved_model, tracking
-from mae_tracker.train.config import DownstreamConfig
+from mae_tracker.baselines.config import BASELINES
+from mae_tracker.train.config import DOWNSTREAM_ARMS, DownstreamConfig
 
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_SEEDS = (0, 1, 2)
-DEFAULT_ARMS = ("finetune", "probe", "scratch")
-BASELINE_ARMS = ("observable", "gbdt", "cnn")
 KIND = "label-efficiency"
 PLAN_TAG = "label_efficiency_plan"  # JSON: encoder_uri, fractions, seeds, arms and the overrides
 # Set by the grid itself; everything else in DownstreamConfig may be overridden.
@@ -47,7 +46,7 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
     and borrows only its architecture and preprocessing. ``fractions`` of the labelled train
     split (default 1 %, 10 %, 100 %), ``seeds`` (default 0, 1, 2), ``arms`` (default all three),
     ``overrides``: any other DownstreamConfig field (epochs, batch_size, lr, ...); the data file
-    and split default to those of the encoder's pretrain run. Arms named in BASELINE_ARMS run
+    and split default to those of the encoder's pretrain run. Arms named in BASELINES run
     the classical baselines with ``baseline_overrides`` (BaselineConfig fields).
     ``fraction_overrides`` maps a fraction to fields for every child at that fraction (e.g. more
     epochs and a smaller batch for 1 % of the labels); a field goes to the children whose config
@@ -69,7 +68,7 @@ def run_label_efficiency(encoder_uri: str = "", *, fractions: Sequence[float] | 
                  "fraction_overrides": _fraction_keys(fraction_overrides)}
     plan = _stored_plan(client, resume, requested) if resume else {
         "encoder_uri": encoder_uri, "fractions": requested["fractions"] or list(DEFAULT_FRACTIONS),
-        "seeds": requested["seeds"] or list(DEFAULT_SEEDS), "arms": requested["arms"] or list(DEFAULT_ARMS),
+        "seeds": requested["seeds"] or list(DEFAULT_SEEDS), "arms": requested["arms"] or list(DOWNSTREAM_ARMS),
         "overrides": dict(overrides or {}), "baseline_overrides": dict(baseline_overrides or {}),
         "fraction_overrides": requested["fraction_overrides"] or {}}
     if not plan["encoder_uri"]:
@@ -147,10 +146,10 @@ def _fraction_keys(fraction_overrides: dict[Any, dict[str, Any]] | None) -> dict
 
 def _check_plan(plan: dict[str, Any]) -> None:
     """Arms, override fields and fractions are checked before any run exists."""
-    unknown_arms = sorted(set(plan["arms"]) - set(DEFAULT_ARMS) - set(BASELINE_ARMS))
+    unknown_arms = sorted(set(plan["arms"]) - set(DOWNSTREAM_ARMS) - set(BASELINES))
     if unknown_arms:
-        raise ValueError(f"unknown arms {unknown_arms}; use {', '.join(DEFAULT_ARMS + BASELINE_ARMS)}")
-    baseline_fields = _field_names(_baseline_config_class()) if set(plan["arms"]) & set(BASELINE_ARMS) else set()
+        raise ValueError(f"unknown arms {unknown_arms}; use {', '.join(DOWNSTREAM_ARMS + BASELINES)}")
+    baseline_fields = _field_names(_baseline_config_class()) if set(plan["arms"]) & set(BASELINES) else set()
     sections = [("overrides", plan["overrides"], _field_names(DownstreamConfig)),
                 ("baseline_overrides", plan["baseline_overrides"], baseline_fields or _field_names(DownstreamConfig))]
     sections += [(f"fraction_overrides[{key}]", fields, _field_names(DownstreamConfig) | baseline_fields)
@@ -173,7 +172,7 @@ def _child_config(plan: dict[str, Any], arm: str, fraction: float, seed: int, se
     common = {"label_fraction": fraction, "seed": seed, "experiment": experiment,
               "run_name": f"{arm}-f{fraction:g}-s{seed}"}
     per_fraction = plan["fraction_overrides"].get(f"{fraction:g}", {})
-    if arm in BASELINE_ARMS:
+    if arm in BASELINES:
         cls = _baseline_config_class()
         names = _field_names(cls)
         fields = {**split, **plan["baseline_overrides"], **{k: v for k, v in per_fraction.items() if k in names}}

@@ -3,7 +3,7 @@ image observables, and a small CNN trained from scratch (see run.run_baseline)."
 
 from typing import Any
 
-from mae_tracker.baselines.config import KINDS, BaselineConfig
+from mae_tracker.baselines.config import BASELINES, BaselineConfig
 
 
 def __getattr__(name: str) -> Any:
@@ -14,4 +14,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["KINDS", "BaselineConfig", "run_baseline"]
+__all__ = ["BASELINES", "BaselineConfig", "run_baseline"]

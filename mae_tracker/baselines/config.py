@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from mae_tracker.train.config import CommonConfig
 
-KINDS = ("observable", "gbdt", "cnn")
+BASELINES = ("observable", "gbdt", "cnn")  # the classical baselines, defined here once
 
 # The CNN's preprocessing when the config leaves it empty: measured (docs/field-notes.md, default data,
 # 3,000 jets) a 3-layer CNN reaches 0.835 on log1p, per-channel-scaled images vs 0.808 with the
@@ -50,8 +50,8 @@ class BaselineConfig(CommonConfig):
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind not in BASELINES:
+            raise ValueError(f"kind must be one of {BASELINES}, got {self.kind!r}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         try:

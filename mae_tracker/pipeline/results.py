@@ -11,10 +11,13 @@ import math
 import mlflow
 import pandas as pd
 
+from mae_tracker.baselines.config import BASELINES
+from mae_tracker.train.config import DOWNSTREAM_ARMS
+
 COLUMNS = ["arm", "label_fraction", "labelled_jets", "seeds", "test_auc_mean", "test_auc_std", "test_acc_mean",
            "test_acc_std", "epochs", "wall_s_mean", "run_ids"]
 # Order in the table: the MAE arms, then the baselines they must beat.
-ARM_ORDER = ("finetune", "probe", "scratch", "cnn", "gbdt", "observable")
+ARM_ORDER = (*DOWNSTREAM_ARMS, *BASELINES)
 
 
 def summarize(client: mlflow.MlflowClient, table: pd.DataFrame) -> pd.DataFrame:

@@ -13,17 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mae_tracker.baselines.config import BASELINES
 from mae_tracker.sweep.bounds import out_of_bounds
 from mae_tracker.sweep.checks import (Fail, SweepSpecError, check_config, check_keys, config_fields, integer,
                                       mapping, number, read_yaml)
 from mae_tracker.sweep.spec import SPLIT_FIELDS, SweepSpec, load_spec
-from mae_tracker.train.config import DownstreamConfig, PretrainConfig
+from mae_tracker.train.config import DOWNSTREAM_ARMS, DownstreamConfig, PretrainConfig
 
 TOP_KEYS = ("name", "description", "data", "sweep", "pretrain", "arms", "baselines", "fractions", "seeds",
             "downstream", "baseline", "by_fraction")
 DATA_KEYS = ("file", "task", "n_jets", "seed", "preset", "channels", "mpi", "pt_min", "pt_max", "eta_max")
-ARMS = ("probe", "finetune", "scratch")
-BASELINES = ("observable", "gbdt", "cnn")
 # Set by the pipeline for every run, so no section may set them.
 PIPELINE_OWNED = ("experiment", "run_name", "resume", "register_as", "data", "arm", "encoder_uri",
                "label_fraction", "seed", "kind")
@@ -101,7 +100,7 @@ def parse_pipeline_spec(raw: Any, *, path: Path, text: str = "") -> PipelineSpec
 
         check_config(BaselineConfig, baseline, "baseline", fail)
     return PipelineSpec(path=path, text=text, name=name.strip(), data=_data(raw.get("data"), path, fail), sweep=sweep,
-                     pretrain=pretrain, arms=_names(raw.get("arms", list(ARMS)), ARMS, "arms", fail),
+                     pretrain=pretrain, arms=_names(raw.get("arms", list(DOWNSTREAM_ARMS)), DOWNSTREAM_ARMS, "arms", fail),
                      baselines=baselines, fractions=fractions, seeds=seeds, downstream=downstream,
                      baseline=baseline, by_fraction=by_fraction, description=str(raw.get("description", "")))
 
@@ -133,7 +132,7 @@ def _data(raw: Any, path: Path, fail: Fail) -> dict[str, Any]:
     settings = dict(raw)
     settings.setdefault("task", "quark-gluon")
     integer(settings.get("n_jets", 0), "data.n_jets", fail, minimum=2)
-    from mae_tracker.data.tasks import make_config
+    from mae_tracker.sim.generate import make_config
 
     try:
         make_config(**settings)  # the generator's own checks, now rather than after the sweep

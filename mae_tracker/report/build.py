@@ -14,9 +14,11 @@ import mlflow
 import pandas as pd
 
 from mae_tracker import ui_links
+from mae_tracker.baselines.config import BASELINES
 from mae_tracker.report import collect, figures, render
 from mae_tracker.report.render import Block, Heading, Image, Paragraph, RunRef, Table
 from mae_tracker.train import plots
+from mae_tracker.train.config import DOWNSTREAM_ARMS
 from mae_tracker.train.tracking import configure_tracking
 
 MAX_GRIDS = 3
@@ -71,7 +73,7 @@ def _write(client: mlflow.MlflowClient, src: collect.Source, source: str, frame:
                            Paragraph(_where_in_ui(src))]
     for arm, title in (("probe", "Linear probing"), ("finetune", "Fine-tuning"), ("scratch", "Scratch (no pretraining)")):
         blocks += [Heading(title), _arm_table(finished, arm)]
-    if not finished.empty and finished.arm.isin(collect.BASELINE_ARMS).any():
+    if not finished.empty and finished.arm.isin(BASELINES).any():
         blocks += [Heading("Classical baselines (same labelled and test jets)"), _baseline_table(finished)]
     blocks += [Heading("Reconstruction loss (pretraining)"), _recon_table(finished)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,7 +150,7 @@ def _arm_table(frame: pd.DataFrame, arm: str) -> Block:
 
 
 def _baseline_table(frame: pd.DataFrame) -> Block:
-    rows = frame[frame.arm.isin(collect.BASELINE_ARMS)].sort_values(["arm", "labelled_jets", "seed", "start_time"])
+    rows = frame[frame.arm.isin(BASELINES)].sort_values(["arm", "labelled_jets", "seed", "start_time"])
     return Table(["Baseline", "Labelled jets", "Seed", "Accuracy", "AUC", "Run"],
                  [[r.arm, _int(r.labelled_jets), _int(r.seed), _num(r.test_acc), _num(r.test_auc), RunRef(r.run_id)]
                   for r in rows.itertuples()])
@@ -171,7 +173,7 @@ def _roc_section(client: mlflow.MlflowClient, frame: pd.DataFrame, fig_dir: Path
     blocks.append(Heading("ROC curves"))
     curves: plots.Curves = {}
     chosen, lines = [], []
-    compared = collect.DOWNSTREAM_ARMS + collect.BASELINE_ARMS
+    compared = DOWNSTREAM_ARMS + BASELINES
     downstream = frame[frame.arm.isin(compared)] if not frame.empty else frame
     for arm in compared:
         rows = downstream[downstream.arm == arm]

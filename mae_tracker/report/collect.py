@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Run
 
+from mae_tracker.baselines.config import BASELINES
 from mae_tracker.models.variants import VARIANTS
+from mae_tracker.train.config import ARMS
 
 PARENT_TAG = "mlflow.parentRunId"
-DOWNSTREAM_ARMS = ("finetune", "probe", "scratch")
-BASELINE_ARMS = ("cnn", "gbdt", "observable")  # classical baselines (mae_tracker.baselines), tag arm=<kind>
-ALL_ARMS = ("pretrain", *DOWNSTREAM_ARMS, *BASELINE_ARMS)
+ALL_ARMS = (*ARMS, *BASELINES)  # a baseline run is tagged arm=<its kind>
 METRICS = ("test_auc", "test_acc", "test_loss", "best_val_auc", "best_val_acc", "val_auc",
            "train_eval_loss", "val_probe_auc", "recon_total_rel_error")
 PARAMS = ("variant", "depth", "embed_dim", "patch_size", "mask_ratio", "label_fraction", "labelled_jets",

@@ -10,9 +10,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from mae_tracker.baselines.config import BASELINES  # noqa: E402
+
 ARM_COLOURS = {"finetune": "tab:blue", "probe": "tab:orange", "scratch": "tab:green", "pretrain": "tab:grey",
                "cnn": "tab:purple", "gbdt": "tab:brown", "observable": "tab:olive"}
-BASELINE_STYLE = {"cnn", "gbdt", "observable"}  # dashed: the classical baselines to beat
 
 
 def label_efficiency_figure(frame: pd.DataFrame, title: str = "") -> Figure:
@@ -22,7 +23,7 @@ def label_efficiency_figure(frame: pd.DataFrame, title: str = "") -> Figure:
     for arm, group in frame.groupby("arm", sort=True):
         stats = group.groupby("labelled_jets")["test_auc"].agg(["mean", "min", "max", "count"]).sort_index()
         colour = ARM_COLOURS.get(arm)
-        ax.plot(stats.index, stats["mean"], marker="o", color=colour, linestyle="--" if arm in BASELINE_STYLE else "-",
+        ax.plot(stats.index, stats["mean"], marker="o", color=colour, linestyle="--" if arm in BASELINES else "-",
                 label=f"{arm} (mean of {int(stats['count'].max())} seeds)")
         ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
         ax.scatter(group["labelled_jets"], group["test_auc"], s=9, color=colour, alpha=0.6)

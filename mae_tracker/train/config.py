@@ -10,7 +10,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-ARMS = ("pretrain", "finetune", "probe", "scratch")
+# The four arms, defined here once: the downstream arms train a classifier, and those of them
+# that start from a pretrained encoder need its URI.
+DOWNSTREAM_ARMS = ("finetune", "probe", "scratch")
+ENCODER_ARMS = ("finetune", "probe")
+ARMS = ("pretrain", *DOWNSTREAM_ARMS)
 # What an empty pixel_transform / pixel_scaling means without an encoder to inherit from: the
 # reference work's recipe (the numbers every earlier run was made with).
 REFERENCE_PIXEL_OPTIONS = {"pixel_transform": "none", "pixel_scaling": "sample-minmax"}
@@ -167,11 +171,11 @@ class DownstreamConfig(CommonConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.arm not in ARMS[1:]:
-            raise ValueError(f"arm must be one of {ARMS[1:]}, got {self.arm!r}")
+        if self.arm not in DOWNSTREAM_ARMS:
+            raise ValueError(f"arm must be one of {DOWNSTREAM_ARMS}, got {self.arm!r}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
-        if self.arm in ("finetune", "probe") and not self.encoder_uri and not self.resume:
+        if self.arm in ENCODER_ARMS and not self.encoder_uri and not self.resume:
             raise ValueError(f"{self.arm} needs an encoder_uri (runs:/<run_id>/encoder or models:/<name>@<alias>)")
 
 
