@@ -22,11 +22,13 @@ from pathlib import Path
 
 import h5py
 
-from mae_tracker.data.generate import GeneratorConfig, ShardTask, generate_file, run_shard, shard_seeds
-from mae_tracker.data.pythia_jets import MAX_BATCH, GLUON, QUARK, make_pythia
+from mae_tracker.sim.events import make_pythia
+from mae_tracker.sim.quark_gluon import GLUON, MAX_BATCH, QUARK, QuarkGluonConfig, run_shard
+from mae_tracker.sim.quark_gluon import generate_quark_gluon_file as generate_file
+from mae_tracker.sim.shards import ShardJob, shard_seeds
 
 
-def raw_pythia_seconds(config: GeneratorConfig, label: int, shard: int, n_events: int) -> float:
+def raw_pythia_seconds(config: QuarkGluonConfig, label: int, shard: int, n_events: int) -> float:
     """Time to generate ``n_events`` with the shard's settings and seed (init excluded)."""
     pythia = make_pythia(config.pythia_settings(label), shard_seeds(config.seed, label, shard)[0])
     start = time.perf_counter()
@@ -36,11 +38,11 @@ def raw_pythia_seconds(config: GeneratorConfig, label: int, shard: int, n_events
     return time.perf_counter() - start
 
 
-def overhead(config: GeneratorConfig, jets: int) -> None:
+def overhead(config: QuarkGluonConfig, jets: int) -> None:
     print(f"-- pipeline vs raw Pythia (one shard of {jets} jets per class, same events) --")
     for label, name in ((QUARK, "quark"), (GLUON, "gluon")):
         start = time.perf_counter()
-        shard = run_shard(ShardTask(config, label, 0, jets))
+        shard = run_shard(ShardJob(config, label, 0, jets))
         full = time.perf_counter() - start  # includes Pythia init (~0.1-0.3 s)
         raw = raw_pythia_seconds(config, label, 0, shard.n_events)
         print(f"{name}: {jets / full:6.1f} jets/s per worker | {shard.n_events} events, "
@@ -48,7 +50,7 @@ def overhead(config: GeneratorConfig, jets: int) -> None:
               f"Pythia -> overhead x{full / raw:.2f} | {jets / shard.n_events:.3f} jets/event")
 
 
-def scaling(config: GeneratorConfig) -> None:
+def scaling(config: QuarkGluonConfig) -> None:
     print(f"-- generate_file, {config.n_jets} jets, preset {config.preset} --")
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +75,7 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--mpi", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
-    config = GeneratorConfig(n_jets=args.n_jets, seed=1, preset=args.preset, mpi=args.mpi)
+    config = QuarkGluonConfig(n_jets=args.n_jets, seed=1, preset=args.preset, mpi=args.mpi)
     print(f"settings: {json.dumps(config.to_dict())}")
     overhead(config, args.shard_jets)
     scaling(config)

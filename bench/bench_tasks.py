@@ -16,7 +16,7 @@ import numpy as np
 
 
 def raw_rate(settings: list[str], events: int) -> float:
-    from mae_tracker.data.pythia_jets import make_pythia
+    from mae_tracker.sim.events import make_pythia
 
     pythia = make_pythia(settings, seed=12345)
     start = time.perf_counter()
@@ -27,10 +27,12 @@ def raw_rate(settings: list[str], events: int) -> float:
 
 
 def quark_gluon(jets: int, mpi: bool) -> dict[str, float]:
-    from mae_tracker.data import detector, pythia_jets
-    from mae_tracker.data.generate import GeneratorConfig, ShardTask, run_shard
+    from mae_tracker.sim import detector
+    from mae_tracker.sim import quark_gluon as pythia_jets
+    from mae_tracker.sim.quark_gluon import QuarkGluonConfig, run_shard
+    from mae_tracker.sim.shards import ShardJob
 
-    config = GeneratorConfig(n_jets=2 * jets, mpi=mpi)
+    config = QuarkGluonConfig(n_jets=2 * jets, mpi=mpi)
     image_time = [0.0]
     real = detector.particles_to_image
 
@@ -46,7 +48,7 @@ def quark_gluon(jets: int, mpi: bool) -> dict[str, float]:
     try:
         for label in (1, 0):
             start = time.perf_counter()
-            shard = run_shard(ShardTask(config, label, 0, jets))
+            shard = run_shard(ShardJob(config, label, 0, jets))
             total += time.perf_counter() - start
             events += shard.n_events
     finally:
@@ -57,15 +59,15 @@ def quark_gluon(jets: int, mpi: bool) -> dict[str, float]:
 
 
 def top_qcd(jets: int, mpi: bool) -> dict[str, float]:
-    from mae_tracker.data.tasks import Shard
-    from mae_tracker.data.top_jets import TopQCDConfig, generate_shard
+    from mae_tracker.sim.shards import ShardJob
+    from mae_tracker.sim.top_qcd import TopQCDConfig, generate_shard
 
     config = TopQCDConfig(n_jets=2 * jets, mpi=mpi)
     total = events = images = 0.0
     out = {}
     for label, name in ((1, "top"), (0, "QCD")):
         start = time.perf_counter()
-        shard = generate_shard(Shard(config, label, 0, jets))
+        shard = generate_shard(ShardJob(config, label, 0, jets))
         seconds = time.perf_counter() - start
         total += seconds
         events += shard.n_events
@@ -78,13 +80,13 @@ def top_qcd(jets: int, mpi: bool) -> dict[str, float]:
 
 
 def electron_photon(jets: int) -> dict[str, float]:
-    from mae_tracker.data.egamma import EGammaConfig, generate_shard
-    from mae_tracker.data.tasks import Shard
+    from mae_tracker.sim.electron_photon import EGammaConfig, generate_shard
+    from mae_tracker.sim.shards import ShardJob
 
-    config = EGammaConfig(n_jets=2 * jets)
+    config = EGammaConfig(n_particles=2 * jets)
     start = time.perf_counter()
     for label in (1, 0):
-        generate_shard(Shard(config, label, 0, jets))
+        generate_shard(ShardJob(config, label, 0, jets))
     seconds = time.perf_counter() - start
     # no event generator: all of the time is the shower model and image making
     return {"jets_per_s": 2 * jets / seconds, "image_share": 1.0}

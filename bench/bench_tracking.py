@@ -105,11 +105,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         os.environ["MAE_TRACKER_CACHE"] = f"{tmp}/cache"
-        from mae_tracker.data.generate import GeneratorConfig, generate_file
+        from mae_tracker.sim.quark_gluon import QuarkGluonConfig, generate_quark_gluon_file
         from mae_tracker.train.config import PretrainConfig
 
         data = Path(tmp) / "jets.h5"
-        generate_file(GeneratorConfig(n_jets=args.jets, seed=11, mpi=False), data, workers=2, progress=False)
+        generate_quark_gluon_file(QuarkGluonConfig(n_jets=args.jets, seed=11, mpi=False), data, workers=2, progress=False)
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         mlflow.search_experiments()  # create the store's tables outside the timed run
         overrides = {} if args.epochs is None else {"epochs": args.epochs}

@@ -31,10 +31,13 @@ def clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def user_error(err: BaseException) -> bool:
-    """Bad input or settings (ValueError, a missing file, bad data) or a diverging loss, as opposed
-    to a bug. Looked up without importing torch: a YAML typo is reported before it loads."""
+    """Bad input or settings (ValueError, a missing file, bad data), a diverging loss or a missing
+    simulation extra, as opposed to a bug. Looked up without importing torch: a YAML typo is
+    reported before it loads."""
     from mae_tracker.data.errors import DataError
 
     loop = sys.modules.get("mae_tracker.train.loop")
     training_failed = (loop.TrainingFailed,) if loop is not None else ()
-    return isinstance(err, (DataError, ValueError, FileNotFoundError, *training_failed))
+    sim = sys.modules.get("mae_tracker.sim")  # the simulation extra missing: install it
+    sim_missing = (sim.SimulationMissing,) if sim is not None else ()
+    return isinstance(err, (DataError, ValueError, FileNotFoundError, *training_failed, *sim_missing))

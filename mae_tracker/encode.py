@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ import h5py
 import numpy as np
 import torch
 
+from mae_tracker.atomic import atomic_path
 from mae_tracker.data.errors import DataError
 from mae_tracker.data.dataset import JetDataset, open_dataset
 from mae_tracker.data.files import DataSpec
@@ -146,54 +146,47 @@ def encode_file(encoder_uri: str, data: DataSpec, out: Path | str, *, batch_size
                                    f"{expected}")
     model.eval()
     digest = dataset.digest
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     start = time.perf_counter()
     n = info.n_jets
-    try:
-        with dataset as reader, h5py.File(tmp, "w-") as f:
-            latents = None
-            rows = 0
-            batches = iterate_batches(reader, np.arange(n), batch_size, preprocessor=preprocessor)
-            with torch.no_grad():
-                for images, _ in progress_bar(batches, desc=f"encode {info.path.name}", unit="batch", enabled=progress):
-                    # the batches are preprocessed already: straight into the encoder behind the model
-                    z = model.encoder.features(images, pool=model.pool)
-                    z = z.detach().cpu().numpy().astype(np.float32, copy=False).reshape(len(images), -1)
-                    if latents is None:
-                        latents = f.create_dataset("latents", shape=(n, z.shape[1]), dtype="float32",
-                                                   chunks=(min(n, 1024), z.shape[1]), compression="lzf")
-                    latents[rows:rows + len(z)] = z
-                    rows += len(z)
-            assert latents is not None and rows == n
-            f.create_dataset("y", data=reader.labels().astype(np.float32))
-            if "pt" in info.extra_keys:
-                f.create_dataset("pt", data=reader.read_extra("pt", np.arange(n)).astype(np.float32))
-            latent_dim = int(latents.shape[1])
-            f.flush()
-            latent_stored = _storage_bytes(latents)
-            image_stored = _stored_image_bytes(dataset)
-            c, h, w = info.image_shape
-            figures: dict[str, Any] = {
-                "n_jets": n, "latent_dim": latent_dim,
-                "image_bytes_raw": n * c * h * w * 4, "latent_bytes_raw": n * latent_dim * 4,
-                "image_bytes_stored": image_stored, "latent_bytes_stored": latent_stored,
-                "compression_ratio_raw": (c * h * w) / latent_dim,
-                "compression_ratio_stored": image_stored / max(1, latent_stored),
-            }
-            figures["fidelity"] = _fidelity(meta.get("pretrain_run_id"), reader, min(n, fidelity_jets),
-                                            preprocessor, info.channel_names, batch_size)
-            figures["seconds"] = time.perf_counter() - start
-            f.attrs.update({
-                "encoder_uri": encoder_uri, "data_sha256": digest, "source": str(info.path),
-                "preprocessing": json.dumps(preprocessing), "encoder_config": json.dumps(encoder_config),
-                "pretrain_run_id": str(meta.get("pretrain_run_id", "")), "task": info.task,
-                "files": json.dumps(dataset.file_records()),
-                "class_names": list(info.class_names), "channel_names": list(info.channel_names),
-                "compression": json.dumps(figures), "creator": "mae-tracker",
-            })
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, dataset as reader, h5py.File(tmp, "w-") as f:
+        latents = None
+        rows = 0
+        batches = iterate_batches(reader, np.arange(n), batch_size, preprocessor=preprocessor)
+        with torch.no_grad():
+            for images, _ in progress_bar(batches, desc=f"encode {info.path.name}", unit="batch", enabled=progress):
+                # the batches are preprocessed already: straight into the encoder behind the model
+                z = model.encoder.features(images, pool=model.pool)
+                z = z.detach().cpu().numpy().astype(np.float32, copy=False).reshape(len(images), -1)
+                if latents is None:
+                    latents = f.create_dataset("latents", shape=(n, z.shape[1]), dtype="float32",
+                                               chunks=(min(n, 1024), z.shape[1]), compression="lzf")
+                latents[rows:rows + len(z)] = z
+                rows += len(z)
+        assert latents is not None and rows == n
+        f.create_dataset("y", data=reader.labels().astype(np.float32))
+        if "pt" in info.extra_keys:
+            f.create_dataset("pt", data=reader.read_extra("pt", np.arange(n)).astype(np.float32))
+        latent_dim = int(latents.shape[1])
+        f.flush()
+        latent_stored = _storage_bytes(latents)
+        image_stored = _stored_image_bytes(dataset)
+        c, h, w = info.image_shape
+        figures: dict[str, Any] = {
+            "n_jets": n, "latent_dim": latent_dim,
+            "image_bytes_raw": n * c * h * w * 4, "latent_bytes_raw": n * latent_dim * 4,
+            "image_bytes_stored": image_stored, "latent_bytes_stored": latent_stored,
+            "compression_ratio_raw": (c * h * w) / latent_dim,
+            "compression_ratio_stored": image_stored / max(1, latent_stored),
+        }
+        figures["fidelity"] = _fidelity(meta.get("pretrain_run_id"), reader, min(n, fidelity_jets),
+                                        preprocessor, info.channel_names, batch_size)
+        figures["seconds"] = time.perf_counter() - start
+        f.attrs.update({
+            "encoder_uri": encoder_uri, "data_sha256": digest, "source": str(info.path),
+            "preprocessing": json.dumps(preprocessing), "encoder_config": json.dumps(encoder_config),
+            "pretrain_run_id": str(meta.get("pretrain_run_id", "")), "task": info.task,
+            "files": json.dumps(dataset.file_records()),
+            "class_names": list(info.class_names), "channel_names": list(info.channel_names),
+            "compression": json.dumps(figures), "creator": "mae-tracker",
+        })
     return {"out": str(out), **figures}

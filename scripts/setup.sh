@@ -31,7 +31,7 @@ stamp=.venv/.mae-tracker-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-    .venv/bin/python -m pip install -q -e ".[test,team,browser,dashboard,docs]"
+    .venv/bin/python -m pip install -q -e ".[test,sim,team,browser,dashboard,docs]"
     touch "$stamp"
 fi
 echo "environment ready: $(pwd)/.venv"

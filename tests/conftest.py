@@ -54,8 +54,9 @@ def own_tracking_store(folder: Path) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def jets_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real Pythia 8 quark/gluon jets (CPU preset, no MPI for speed), generated once per session."""
-    from mae_tracker.data.generate import GeneratorConfig, generate_file
+    from mae_tracker.sim.quark_gluon import QuarkGluonConfig, generate_quark_gluon_file
 
     path = tmp_path_factory.mktemp("jets") / "jets.h5"
-    generate_file(GeneratorConfig(n_jets=1000, seed=7, preset="cpu", mpi=False), path, workers=2, progress=False)
+    generate_quark_gluon_file(QuarkGluonConfig(n_jets=1000, seed=7, preset="cpu", mpi=False), path, workers=2,
+                              progress=False)
     return path

@@ -220,7 +220,7 @@ def test_sparse_copy_of_many_files_is_exact_and_resumes(three_files, tmp_path, m
     folder, _ = three_files
     ds = open_dataset(folder)
     monkeypatch.setattr(sparse, "BLOCK_BYTES", 16 * 4 * 3 * 12 * 12)  # blocks of 16 jets: 5 blocks
-    real_write, calls = sparse._write_atomically, []
+    real_write, calls = sparse.write_text_atomically, []
 
     def interrupted(path, text):
         calls.append(path)
@@ -228,10 +228,10 @@ def test_sparse_copy_of_many_files_is_exact_and_resumes(three_files, tmp_path, m
             raise KeyboardInterrupt
         real_write(path, text)
 
-    monkeypatch.setattr(sparse, "_write_atomically", interrupted)
+    monkeypatch.setattr(sparse, "write_text_atomically", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sparse_copy(ds, tmp_path / "cache" / ds.digest)
-    monkeypatch.setattr(sparse, "_write_atomically", real_write)
+    monkeypatch.setattr(sparse, "write_text_atomically", real_write)
     state = json.loads((tmp_path / "cache" / f"{ds.digest}.partial" / "progress.json").read_text())
     assert state["jets"] == 32 and [f["sha256"] for f in state["files"]] == ds.file_digests
     copy = sparse_copy(ds, tmp_path / "cache" / ds.digest)  # resumes at jet 32

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from mae_tracker.data.detector import (CHANNELS, PRESETS, DetectorSpec, charges_from_pid,
+from mae_tracker.sim.detector import (CHANNELS, PRESETS, DetectorSpec, charges_from_pid,
                                        particles_to_image)
 
 TRACKS, ECAL, HCAL = range(3)

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
 from mae_tracker.cli import main
-from mae_tracker.data import egamma
-from mae_tracker.data.egamma import EGammaConfig, generate_egamma_file
+from mae_tracker.sim import electron_photon as egamma
+from mae_tracker.sim.electron_photon import EGammaConfig, generate_egamma_file
 from mae_tracker.data.jetfile import JetImageReader, open_jet_file
 
 N = 2000
@@ -27,7 +27,7 @@ def read(path):
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
-    return generate_egamma_file(EGammaConfig(n_jets=N, seed=5), tmp_path_factory.mktemp("eg") / "eg.h5",
+    return generate_egamma_file(EGammaConfig(n_particles=N, seed=5), tmp_path_factory.mktemp("eg") / "eg.h5",
                                 workers=2, progress=False)
 
 
@@ -92,10 +92,10 @@ def test_electrons_wider_in_phi_and_hard_to_tell_apart(sample):
 
 
 def test_reproducible_independent_of_workers(tmp_path):
-    config = EGammaConfig(n_jets=40, seed=2)
+    config = EGammaConfig(n_particles=40, seed=2)
     a, _ = read(generate_egamma_file(config, tmp_path / "a.h5", workers=1, progress=False))
     b, _ = read(generate_egamma_file(config, tmp_path / "b.h5", workers=2, progress=False))
-    c, _ = read(generate_egamma_file(EGammaConfig(n_jets=40, seed=3), tmp_path / "c.h5", progress=False))
+    c, _ = read(generate_egamma_file(EGammaConfig(n_particles=40, seed=3), tmp_path / "c.h5", progress=False))
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert not np.array_equal(a["X"], c["X"])
@@ -115,5 +115,5 @@ def test_cli_and_failure_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(egamma, "generate_shard", broken)
     with pytest.raises(KeyboardInterrupt):
-        generate_egamma_file(EGammaConfig(n_jets=4), tmp_path / "x.h5", progress=False)
+        generate_egamma_file(EGammaConfig(n_particles=4), tmp_path / "x.h5", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5", "c.h5", "cli.h5"][3:]

@@ -10,9 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from mae_tracker.cli import main
-from mae_tracker.data import generate as gen
-from mae_tracker.data.generate import GeneratorConfig, ShardTask, generate_file, pt_matched_selection
-from mae_tracker.data.pythia_jets import QUARK, ShardJets, make_pythia
+from mae_tracker.sim import pt_matched, shards
+from mae_tracker.sim import quark_gluon as gen
+from mae_tracker.sim.events import make_pythia
+from mae_tracker.sim.pt_matched import pt_matched_selection
+from mae_tracker.sim.quark_gluon import QUARK, QuarkGluonConfig, ShardJets
+from mae_tracker.sim.quark_gluon import generate_quark_gluon_file as generate_file
+from mae_tracker.sim.shards import ShardJob
 
 N_JETS = 200
 SEED = 11
@@ -62,7 +66,7 @@ def test_schema_dtypes_labels_attrs(small):
     assert attrs["schema"] == "e2e-quark-gluon" and attrs["creator"] == "mae-tracker"
     assert attrs["seed"] == SEED
     generator = json.loads(attrs["generator"])
-    assert GeneratorConfig.from_dict(generator) == GeneratorConfig(n_jets=N_JETS, seed=SEED, mpi=False)
+    assert QuarkGluonConfig.from_dict(generator) == QuarkGluonConfig(n_jets=N_JETS, seed=SEED, mpi=False)
     assert generator["pthat_min"] == pytest.approx(49.0)
     assert json.loads(attrs["detector"])["height"] == 32
     versions = json.loads(attrs["versions"])
@@ -73,7 +77,7 @@ def test_schema_dtypes_labels_attrs(small):
 
 
 def test_same_seed_identical_independent_of_workers(small, tmp_path):
-    again = generate_file(GeneratorConfig(n_jets=N_JETS, seed=SEED, mpi=False), tmp_path / "w1.h5",
+    again = generate_file(QuarkGluonConfig(n_jets=N_JETS, seed=SEED, mpi=False), tmp_path / "w1.h5",
                           workers=1, progress=False)
     first, _ = read(small)
     second, _ = read(again)
@@ -83,8 +87,8 @@ def test_same_seed_identical_independent_of_workers(small, tmp_path):
 
 def test_other_seed_differs_and_shards_are_prefixes(small, tmp_path):
     big, _ = read(small)
-    few, _ = read(generate_file(GeneratorConfig(n_jets=20, seed=SEED, mpi=False), tmp_path / "a.h5", progress=False))
-    other, _ = read(generate_file(GeneratorConfig(n_jets=20, seed=SEED + 1, mpi=False), tmp_path / "b.h5",
+    few, _ = read(generate_file(QuarkGluonConfig(n_jets=20, seed=SEED, mpi=False), tmp_path / "a.h5", progress=False))
+    other, _ = read(generate_file(QuarkGluonConfig(n_jets=20, seed=SEED + 1, mpi=False), tmp_path / "b.h5",
                                   progress=False))
     # shard seeds depend on (seed, class, shard) only: a smaller run is a subset of a larger one
     assert set(few["pt"].tolist()) <= set(big["pt"].tolist())
@@ -117,17 +121,17 @@ def test_failure_leaves_no_file(tmp_path, monkeypatch, error):
 
     monkeypatch.setattr(gen, "run_shard", flaky)
     with pytest.raises(error):
-        generate_file(GeneratorConfig(n_jets=20, seed=1, mpi=False), tmp_path / "x.h5", progress=False)
+        generate_file(QuarkGluonConfig(n_jets=20, seed=1, mpi=False), tmp_path / "x.h5", progress=False)
     with pytest.raises(error):
         calls.clear()
-        generate_file(GeneratorConfig(n_jets=20, seed=1, mpi=False, pt_matched=True), tmp_path / "y.h5",
+        generate_file(QuarkGluonConfig(n_jets=20, seed=1, mpi=False, pt_matched=True), tmp_path / "y.h5",
                       progress=False)
     assert leftovers(tmp_path) == []
     # an existing file is left untouched by a failed run
     (tmp_path / "x.h5").write_bytes(b"old")
     calls.clear()
     with pytest.raises(error):
-        generate_file(GeneratorConfig(n_jets=20, seed=1, mpi=False), tmp_path / "x.h5", progress=False)
+        generate_file(QuarkGluonConfig(n_jets=20, seed=1, mpi=False), tmp_path / "x.h5", progress=False)
     assert leftovers(tmp_path) == ["x.h5"] and (tmp_path / "x.h5").read_bytes() == b"old"
 
 
@@ -152,19 +156,19 @@ def test_pythia_settings_are_checked():
 
 # --- pT-matched resampling, on synthetic shards (the selection logic, without Pythia) ------------
 
-def fake_shard(task: ShardTask) -> ShardJets:
+def fake_shard(task: ShardJob) -> ShardJets:
     """Deterministic per (seed, class, shard); gluons softer than quarks, like the real spectra."""
-    _, rng = gen.shard_seeds(task.config.seed, task.label, task.shard)
+    _, rng = shards.shard_seeds(task.config.seed, task.label, task.shard)
     slope = 25.0 if task.label == QUARK else 12.0
-    pt = np.minimum(70 + rng.exponential(slope, task.n_jets), 199.0).astype(np.float32)
-    images = np.zeros((task.n_jets, 32, 32, 3), np.float32)
+    pt = np.minimum(70 + rng.exponential(slope, task.n_images), 199.0).astype(np.float32)
+    images = np.zeros((task.n_images, 32, 32, 3), np.float32)
     images[:, 0, 0, 0] = pt  # lets us check that images travel with their jets
-    return ShardJets(task.label, task.shard, images, pt, (pt / 10).astype(np.float32), n_events=3 * task.n_jets)
+    return ShardJets(task.label, task.shard, images, pt, (pt / 10).astype(np.float32), n_events=3 * task.n_images)
 
 
 def test_pt_matched_equal_spectra_and_order_independent(tmp_path, monkeypatch):
     monkeypatch.setattr(gen, "run_shard", fake_shard)
-    config = GeneratorConfig(n_jets=1000, seed=5, pt_matched=True)
+    config = QuarkGluonConfig(n_jets=1000, seed=5, pt_matched=True)
     data, attrs = read(generate_file(config, tmp_path / "pm.h5", progress=False))
     y, pt = data["y"], data["pt"]
     assert (y == 1).sum() == (y == 0).sum() == 500
@@ -173,10 +177,10 @@ def test_pt_matched_equal_spectra_and_order_independent(tmp_path, monkeypatch):
     np.testing.assert_array_equal(data["X_jets"][:, 0, 0, 0], pt)  # images travel with their jets
     # the spectra overlap poorly, so more candidates than the first round's were needed
     candidates = json.loads(attrs["generation"])["n_candidates"]
-    assert candidates["quark"] > np.ceil(gen.OVERSAMPLE * 500)
+    assert candidates["quark"] > np.ceil(pt_matched.OVERSAMPLE * 500)
 
     # results arriving in another order (as from a worker pool) change nothing
-    monkeypatch.setattr(gen._ShardRunner, "run", lambda self, tasks: iter([fake_shard(t) for t in tasks][::-1]))
+    monkeypatch.setattr(shards.ShardRunner, "run", lambda self, tasks: iter([fake_shard(t) for t in tasks][::-1]))
     reordered, _ = read(generate_file(config, tmp_path / "pm2.h5", progress=False))
     for key in data:
         np.testing.assert_array_equal(data[key], reordered[key], err_msg=key)
@@ -193,12 +197,10 @@ def test_pt_matched_selection_exact_counts():
 
 
 def test_batch_size_does_not_change_output(tmp_path, monkeypatch):
-    from mae_tracker.data import pythia_jets
-
-    config = GeneratorConfig(n_jets=20, seed=3, mpi=False)
+    config = QuarkGluonConfig(n_jets=20, seed=3, mpi=False)
     default, _ = read(generate_file(config, tmp_path / "a.h5", progress=False))
-    monkeypatch.setattr(pythia_jets, "MIN_BATCH", 7)
-    monkeypatch.setattr(pythia_jets, "MAX_BATCH", 7)
+    monkeypatch.setattr(gen, "MIN_BATCH", 7)
+    monkeypatch.setattr(gen, "MAX_BATCH", 7)
     small_batches, _ = read(generate_file(config, tmp_path / "b.h5", progress=False))
     for key in default:
         np.testing.assert_array_equal(default[key], small_batches[key], err_msg=key)

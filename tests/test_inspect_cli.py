@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from jet_h5 import BAD_FILES, sparse_images, write_jets
 
 from mae_tracker.cli import main
-from mae_tracker.data.inspect import format_summary, plot_mean_images, summarize
+from mae_tracker.data.describe import format_summary, plot_mean_images, summarize
 
 
 @pytest.fixture
@@ -66,7 +66,8 @@ def test_electron_photon_file_inspects_and_plots(tmp_path):
     images[:, 1] = 0.0  # an all-zero channel must not break the log colour scale
     path, _, _ = write_jets(tmp_path / "ep.h5", images, images_key="X", extras=())
     summary = summarize(path)
-    assert summary["schema"] == "e2e-electron-photon" and list(summary["classes"]) == ["y=1", "y=0"]
+    # an old X file without attributes is the CMS electron/photon pair (data.tasks.class_names, the one reading)
+    assert summary["schema"] == "e2e-electron-photon" and list(summary["classes"]) == ["electron", "photon"]
     assert [c["name"] for c in summary["channels"]] == ["energy", "time"]
     assert summary["channels"][1]["occupancy"] == 0.0
     assert plot_mean_images(path, tmp_path / "ep.png").stat().st_size > 0

@@ -17,9 +17,9 @@ from sklearn.metrics import roc_auc_score
 
 from mae_tracker.baselines import observables
 from mae_tracker.cli import main
-from mae_tracker.data import top_jets
+from mae_tracker.sim import top_qcd as top_jets
 from mae_tracker.data.jetfile import JetImageReader, open_jet_file
-from mae_tracker.data.top_jets import TopQCDConfig, generate_top_qcd_file
+from mae_tracker.sim.top_qcd import TopQCDConfig, generate_top_qcd_file
 
 N_JETS = 200
 SEED = 3

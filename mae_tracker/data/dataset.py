@@ -32,6 +32,7 @@ from mae_tracker.data.files import DataSpec, cached_file_digest, open_any, resol
 from mae_tracker.data.jetfile import DEFAULT_SPLIT_FRACTIONS, JetImageReader, as_indices
 from mae_tracker.data.parquet_reader import DEFAULT_BLOCK_BYTES, DEFAULT_CACHE_BYTES, BlockCache, ParquetJetReader
 from mae_tracker.data.splits import dataset_digest, format_class_balance, jet_uniforms, split_of_jets
+from mae_tracker.data.tasks import task_name
 from mae_tracker.data.validate import JetFileInfo, JetImagesInfo
 
 __all__ = ["DatasetInfo", "JetDataset", "dataset_digest", "format_class_balance", "jet_uniforms", "open_dataset",
@@ -60,8 +61,6 @@ class DatasetInfo(JetImagesInfo):
 
 def _agree(infos: list[JetFileInfo]) -> None:
     """Every file of a dataset has the first file's shape, channel names and task."""
-    from mae_tracker.data.tasks import task_name
-
     first = infos[0]
     for info in infos[1:]:
         if info.image_shape != first.image_shape:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +28,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mae_tracker.atomic import atomic_path
 from mae_tracker.data.jetfile import JetReader
 from mae_tracker.data.parquet import METADATA_KEY
 from mae_tracker.data.validate import MAX_CHANNELS
 from mae_tracker.signals import sigterm_as_exit
 
-__all__ = ["FORMATS", "PARQUET_IMAGE_COLUMN", "generate_layout", "nested_list_array", "write_layout"]
+__all__ = ["FORMATS", "PARQUET_IMAGE_COLUMN", "nested_list_array", "write_layout"]
 
 FORMATS = ("hdf5", "parquet")
 PARQUET_IMAGE_COLUMN = {"quark-gluon": "X_jets", "top-qcd": "X_jet", "electron-photon": "X"}
@@ -148,46 +147,18 @@ def write_layout(source: JetReader, out: str | os.PathLike[str], *, fmt: str = "
         groups = [(name, rows) for name, rows in groups if len(rows)]
     else:
         groups = [(out.name, np.arange(len(labels)))]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp.mkdir()
     written = []
-    try:
-        with sigterm_as_exit():
-            for stem, rows in groups:
-                parts = [p for p in np.array_split(rows, min(files, len(rows))) if len(p)]
-                for name, part in zip(_file_names(stem, [len(p) for p in parts], fmt), parts):
-                    if fmt == "parquet":
-                        _write_parquet(source, part, tmp / name, task=task, row_group_size=row_group_size)
-                    else:
-                        _write_hdf5(source, part, tmp / name, task=task)
-                    written.append(out / name)
-            if out.exists():
-                out.rmdir()  # empty (checked above); rename needs the name free
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with sigterm_as_exit(), atomic_path(out) as tmp:
+        tmp.mkdir()
+        for stem, rows in groups:
+            parts = [p for p in np.array_split(rows, min(files, len(rows))) if len(p)]
+            for name, part in zip(_file_names(stem, [len(p) for p in parts], fmt), parts):
+                if fmt == "parquet":
+                    _write_parquet(source, part, tmp / name, task=task, row_group_size=row_group_size)
+                else:
+                    _write_hdf5(source, part, tmp / name, task=task)
+                written.append(out / name)
+        if out.exists():
+            out.rmdir()  # empty (checked above); rename needs the name free
     return written
 
-
-def generate_layout(config: Any, out: str | os.PathLike[str], *, fmt: str, files: int = 1,
-                    split_by_class: bool = False, row_group_size: int = 1, workers: int = 1,
-                    progress: bool = True) -> list[Path]:
-    """Generate ``config``'s jets (any task) and write them in a CMS layout into the folder ``out``
-    (see :func:`write_layout`); the generator's HDF5 file is a temporary beside ``out``."""
-    from mae_tracker.data.jetfile import JetImageReader
-    from mae_tracker.data.tasks import generate_task_file
-
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # fail before generating
-        raise ValueError(f"{out} already exists; give a new folder (or an empty one) for a multi-file dataset")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.generated.h5")
-    try:
-        generate_task_file(config, scratch, workers=workers, progress=progress)
-        with JetImageReader(scratch) as reader:
-            return write_layout(reader, out, fmt=fmt, files=files, split_by_class=split_by_class,
-                                row_group_size=row_group_size)
-    finally:
-        scratch.unlink(missing_ok=True)

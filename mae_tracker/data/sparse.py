@@ -37,6 +37,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from mae_tracker.atomic import write_text_atomically
 from mae_tracker.data.errors import DataError
 from mae_tracker.data.jetfile import JetReader, as_indices
 
@@ -274,19 +275,13 @@ def _build(reader: JetReader, directory: Path, progress: bool) -> None:
             for handle in files.values():
                 handle.flush()
             done, nonzero = stop, int(ends[-1]) if len(ends) else nonzero
-            _write_atomically(state_path, json.dumps({"jets": done, "nonzero": nonzero, **source}))
+            write_text_atomically(state_path, json.dumps({"jets": done, "nonzero": nonzero, **source}))
     finally:
         for handle in files.values():
             handle.close()
     np.save(partial / "labels.npy", reader.labels().astype(np.int64))
     meta = {"format": FORMAT, **source, "n_jets": n,
             "image_shape": list(reader.info.image_shape), "pixel_dtype": pixel_dtype.name, "nonzero": nonzero}
-    _write_atomically(partial / "meta.json", json.dumps(meta, indent=1))
+    write_text_atomically(partial / "meta.json", json.dumps(meta, indent=1))
     state_path.unlink()
     os.replace(partial, directory)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

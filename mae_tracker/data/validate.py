@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from mae_tracker.data.errors import DataError
+from mae_tracker.data.tasks import class_names, task_name
 
 IMAGE_KEYS = ("X_jets", "X")  # E2E quark/gluon, E2E electron/photon
 LABEL_KEY = "y"
@@ -46,15 +47,11 @@ class JetImagesInfo:
     @property
     def class_names(self) -> tuple[str, str]:
         """(name of label 1, name of label 0), e.g. ("top", "QCD"); quark/gluon for old files."""
-        from mae_tracker.data.tasks import class_names
-
         return class_names(self)
 
     @property
     def task(self) -> str:
         """"quark-gluon", "top-qcd" or "electron-photon" (from the attributes or the image key)."""
-        from mae_tracker.data.tasks import task_name
-
         return task_name(self)
 
 

@@ -91,13 +91,13 @@ def _data(spec: PipelineSpec, workers: int | None, progress: bool, echo: Echo) -
         except DataError as err:
             raise FileNotFoundError(f"{spec.path}: data.file: no such file or no data files: {err}") from None
         return Path(spec.data["file"])
-    from mae_tracker.data.default import default_dataset, default_dataset_path
-    from mae_tracker.data.tasks import make_config
+    from mae_tracker.sim.default import default_dataset, default_dataset_path
+    from mae_tracker.sim.generate import make_config
 
     config = make_config(**spec.data)
     path = default_dataset_path(config)
     if not path.exists():
-        echo(f"[data] generating {config.n_jets} {spec.data['task']} images into {path} (cached for reruns)")
+        echo(f"[data] generating {config.n_images} {spec.data['task']} images into {path} (cached for reruns)")
     return default_dataset(config, workers=workers, progress=progress)
 
 

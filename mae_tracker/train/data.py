@@ -105,7 +105,7 @@ def data_file(config: CommonConfig, progress: bool = True) -> tuple[str, str]:
     encoder_uri = getattr(config, "encoder_uri", "")
     if encoder_uri:
         return encoder_data_file(encoder_uri)
-    from mae_tracker.data.default import default_dataset  # imported here: reading real files needs no Pythia
+    from mae_tracker.sim.default import default_dataset  # imported here: reading real files needs no simulation
 
     return str(default_dataset(progress=progress)), ""
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mae_tracker.data.detector import DetectorSpec, WindowParticles
+from mae_tracker.sim.detector import DetectorSpec, WindowParticles
 
 EXTRA_CHANNELS: tuple[str, ...] = ("d0", "dz", "BPix1", "BPix2", "BPix3")
 EXTRA_UNITS: dict[str, str] = {"d0": "sum pT*|d0| [GeV mm]", "dz": "sum pT*|dz| [GeV mm]",
@@ -63,7 +63,7 @@ def tracker_channels(n_extra: int, window: WindowParticles, detector: DetectorSp
     """The first ``n_extra`` of :data:`EXTRA_CHANNELS` as (H, W, n_extra) float32.
 
     Per-particle arrays cover the same particles (same order) that were passed to
-    :func:`mae_tracker.data.detector.detector_image`, which returned ``window``.
+    :func:`mae_tracker.sim.detector.detector_image`, which returned ``window``.
     """
     height, width = detector.height, detector.width
     out = np.zeros((height, width, n_extra), np.float32)

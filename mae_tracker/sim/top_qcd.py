@@ -11,7 +11,7 @@ Physics choices:
 * Long-lived decays: ``ParticleDecays:limitTau0 = on`` with ``tau0Max = 10`` mm, so B and D
   hadrons (c tau ~0.1-0.5 mm) decay at displaced vertices while K0S, Lambda and the like
   (c tau >= 27 mm) leave the event as they would reach the calorimeter; production vertices
-  (``vProd``, mm) feed the impact-parameter channels (:mod:`mae_tracker.data.tracker`).
+  (``vProd``, mm) feed the impact-parameter channels (:mod:`mae_tracker.sim.tracker`).
 * Fat jets: anti-kt R = 0.8 on all visible final-state particles; kept when
   ``pt_min <= pT < pt_max`` and ``|eta| < eta_max``.
 * Top label (1), truth matching from the event record: for each top quark, its last copy in
@@ -39,21 +39,19 @@ Physics choices:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import awkward as ak
 import numpy as np
 
-from mae_tracker.data import detector as det
-from mae_tracker.data.detector import DetectorSpec
-from mae_tracker.data.generate import jet_sample_problems, package_versions, raise_problems
-from mae_tracker.data.pythia_jets import COLLISION_ENERGY, JetCuts, _ChargeTable, _kinematics, make_pythia
-from mae_tracker.data.tasks import TASKS, Shard, shard_seeds, task_attrs, write_balanced
-from mae_tracker.data.tracker import EXTRA_CHANNELS, EXTRA_UNITS, TrackerSpec, tracker_channels
+from mae_tracker.data.tasks import TASKS
+from mae_tracker.sim import detector as det
+from mae_tracker.sim.detector import DetectorSpec
+from mae_tracker.sim.events import (COLLISION_ENERGY, EventBatch, EventLoop, JetCuts, collect_jets,
+                                    jet_sample_problems, kinematics, make_pythia, raise_problems)
+from mae_tracker.sim.shards import ShardJob, file_attrs, shard_seeds, write_balanced
+from mae_tracker.sim.tracker import EXTRA_CHANNELS, EXTRA_UNITS, TrackerSpec, tracker_channels
 
 TOP, QCD = 1, 0
 TASK = TASKS["top-qcd"]
@@ -99,6 +97,11 @@ class TopQCDConfig:
             problems.append(f"channels must be one of {sorted(CHANNEL_SETS)} for top-qcd, got {self.channels}")
         raise_problems(problems)
 
+    @property
+    def n_images(self) -> int:
+        """Images in the file (every task's config has this count)."""
+        return self.n_jets
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -133,57 +136,28 @@ class TopShard:
     seconds_images: float = 0.0
 
 
-@functools.lru_cache(maxsize=1)
-def _fat_jet_definition() -> Any:
-    import fastjet
-
-    from mae_tracker.data.pythia_jets import _jet_definition
-
-    _jet_definition()  # mutes FastJet's banner
-    return fastjet.JetDefinition(fastjet.antikt_algorithm, FAT_JET_R)
-
-
 def _delta_r(eta1: Any, phi1: Any, eta2: Any, phi2: Any) -> Any:
     dphi = np.mod(np.asarray(phi1) - phi2 + np.pi, 2 * np.pi) - np.pi
     return np.hypot(np.asarray(eta1) - eta2, dphi)
 
 
-class _Batch:
-    """One nextBatch of events as flat numpy arrays (final particles, fat jets, truth)."""
+class TopBatch(EventBatch):
+    """A batch with its R = 0.8 fat jets, the decay tree (daughters) and production vertices."""
 
-    def __init__(self, batch: ak.Array, jet_pt_min: float) -> None:
-        import fastjet
+    def __init__(self, batch: Any, jet_pt_min: float) -> None:
+        import awkward as ak
 
-        self.n_events = n = len(batch)
-        prt = batch.prt
-        counts = ak.to_numpy(ak.num(prt))
-        self.event_start = np.concatenate([[0], np.cumsum(counts)])
-        event_of = np.repeat(np.arange(n), counts)
-        self.status = ak.to_numpy(ak.flatten(prt.status))
-        self.id = ak.to_numpy(ak.flatten(prt.id))
+        super().__init__(batch, FAT_JET_R, jet_pt_min)
+        prt = self.record
+        self.event_start = np.concatenate([[0], np.cumsum(ak.to_numpy(ak.num(prt)))])
         self.d1 = ak.to_numpy(ak.flatten(prt.daughter1))
         self.d2 = ak.to_numpy(ak.flatten(prt.daughter2))
-        px, py, pz, e = (ak.to_numpy(ak.flatten(prt.p[f])) for f in ("px", "py", "pz", "e"))
-        self.all_pt, self.all_eta, self.all_phi = _kinematics(px, py, pz)
+        self.all_pt, self.all_eta, self.all_phi = kinematics(self.all_px, self.all_py, self.all_pz)
         vx, vy, vz = (np.asarray(ak.to_numpy(ak.fill_none(ak.flatten(prt.vProd[f]), 0.0)), dtype=np.float64)
                       for f in ("px", "py", "pz"))
-
-        final = self.status > 0
-        self.pid = self.id[final]
-        self.px, self.py, self.pz = px[final], py[final], pz[final]
+        final = self.final
+        self.px, self.py, self.pz = self.all_px[final], self.all_py[final], self.all_pz[final]
         self.vx, self.vy, self.vz = vx[final], vy[final], vz[final]
-        self.pt, self.eta, self.phi = self.all_pt[final], self.all_eta[final], self.all_phi[final]
-        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(event_of[final], minlength=n))])
-
-        pid = self.id
-        visible = final & (np.abs(pid) != 12) & (np.abs(pid) != 14) & (np.abs(pid) != 16)
-        four = ak.zip({"px": px[visible], "py": py[visible], "pz": pz[visible], "E": e[visible]})
-        jets = fastjet.ClusterSequence(ak.unflatten(four, np.bincount(event_of[visible], minlength=n)),
-                                       _fat_jet_definition()).inclusive_jets(min_pt=jet_pt_min)
-        jpx, jpy, jpz, je = (ak.to_numpy(ak.flatten(jets[f])) for f in ("px", "py", "pz", "E"))
-        self.jet_pt, self.jet_eta, self.jet_phi = _kinematics(jpx, jpy, jpz)
-        self.jet_mass = np.sqrt(np.clip(je**2 - jpx**2 - jpy**2 - jpz**2, 0.0, None))
-        self.jet_offsets = np.concatenate([[0], np.cumsum(ak.to_numpy(ak.num(jets)))])
 
     def tops(self, event: int) -> list[tuple[int, list[int]]]:
         """(top index, [b, q, q'] indices) per hadronically decaying top (global flat indices)."""
@@ -209,7 +183,7 @@ class _Batch:
         return np.flatnonzero(self.status[start:stop] == -23) + start
 
 
-def _selected_jets(ev: _Batch, event: int, label: int, cuts: JetCuts) -> list[int]:
+def _selected_jets(ev: TopBatch, event: int, label: int, cuts: JetCuts) -> list[int]:
     js = slice(ev.jet_offsets[event], ev.jet_offsets[event + 1])
     if js.start == js.stop:
         return []
@@ -233,7 +207,7 @@ def _selected_jets(ev: _Batch, event: int, label: int, cuts: JetCuts) -> list[in
     return [js.start + j for j in dict.fromkeys(chosen)]  # one entry per jet, in order
 
 
-def jet_images(ev: _Batch, event: int, jet: int, config: TopQCDConfig, charge: np.ndarray,
+def jet_images(ev: TopBatch, event: int, jet: int, config: TopQCDConfig, charge: np.ndarray,
                rng: np.random.Generator, tracker: TrackerSpec = TrackerSpec()) -> np.ndarray:
     """(H, W, channels) image of one fat jet from its event's final-state particles."""
     spec = PRESETS[config.preset]
@@ -249,47 +223,18 @@ def jet_images(ev: _Batch, event: int, jet: int, config: TopQCDConfig, charge: n
     return np.concatenate([image, extra], axis=-1)
 
 
-def generate_shard(task: Shard) -> TopShard:
-    """The first ``task.n_jets`` jets of class ``task.label`` from a freshly seeded Pythia."""
-    import time
-
-    config: TopQCDConfig = task.config
-    pythia_seed, rng = shard_seeds(SEED_SALT, config.seed, task.label, task.shard)
-    pythia = make_pythia(config.pythia_settings(task.label), pythia_seed)
-    charges = _ChargeTable(pythia.particleData)
-    images: list[np.ndarray] = []
-    pts: list[float] = []
-    masses: list[float] = []
-    etas: list[float] = []
-    n_events = 0
-    image_seconds = 0.0
-    while len(pts) < task.n_jets:
-        if not pts and n_events >= MAX_EVENTS_WITHOUT_JET:
-            raise RuntimeError(f"no jet passed the cuts {config.cuts} in {n_events} events; "
-                               "check the pT window, |eta| cut and pthat_min")
-        per_event = len(pts) / n_events if pts else 0.2
-        size = int(np.clip(1.1 * (task.n_jets - len(pts)) / per_event, MIN_BATCH, MAX_BATCH))
-        raw = pythia.nextBatch(size)
-        if len(raw) == 0:
-            raise RuntimeError("Pythia returned no events (see its errors on stderr)")
-        n_events += len(raw)
-        ev = _Batch(raw, 0.5 * config.pt_min)
-        charge = charges(ev.pid)
-        for event in range(ev.n_events):
-            for jet in _selected_jets(ev, event, task.label, config.cuts):
-                t0 = time.perf_counter()
-                images.append(jet_images(ev, event, jet, config, charge, rng))
-                image_seconds += time.perf_counter() - t0
-                pts.append(float(ev.jet_pt[jet]))
-                masses.append(float(ev.jet_mass[jet]))
-                etas.append(float(ev.jet_eta[jet]))
-                if len(pts) == task.n_jets:
-                    break
-            if len(pts) == task.n_jets:
-                break
-    return TopShard(label=task.label, shard=task.shard, images=np.stack(images).astype(np.float32, copy=False),
-                    pt=np.array(pts, np.float32), m0=np.array(masses, np.float32), eta=np.array(etas, np.float32),
-                    n_events=n_events, seconds_images=image_seconds)
+def generate_shard(job: ShardJob) -> TopShard:
+    """The first ``job.n_images`` jets of class ``job.label`` from a freshly seeded Pythia."""
+    config: TopQCDConfig = job.config
+    pythia_seed, rng = shard_seeds(config.seed, job.label, job.shard, stream=(SEED_SALT,))
+    loop = EventLoop(make_batch=lambda raw: TopBatch(raw, 0.5 * config.pt_min),
+                     select=lambda ev, event: _selected_jets(ev, event, job.label, config.cuts),
+                     image=lambda ev, event, jet, charge: jet_images(ev, event, jet, config, charge, rng),
+                     batch_range=(MIN_BATCH, MAX_BATCH), first_yield=0.2,
+                     max_events_without_jet=MAX_EVENTS_WITHOUT_JET)
+    jets = collect_jets(make_pythia(config.pythia_settings(job.label), pythia_seed), job.n_images, loop, config.cuts)
+    return TopShard(label=job.label, shard=job.shard, images=jets.images, pt=jets.pt, m0=jets.m0, eta=jets.eta,
+                    n_events=jets.n_events, seconds_images=jets.seconds_images)
 
 
 def _attrs(config: TopQCDConfig, details: dict[str, Any]) -> dict[str, Any]:
@@ -310,25 +255,15 @@ def _attrs(config: TopQCDConfig, details: dict[str, Any]) -> dict[str, Any]:
     }
     detector = spec.to_dict()
     detector.update(channels=list(names), units={n: units[n] for n in names})
-    return {
-        "schema": TASK.schema,
-        "creator": "mae-tracker",
-        **task_attrs(TASK, config.preset),
-        "channel_names": list(names),
-        "channel_units": json.dumps({n: units[n] for n in names}),
-        "generator": json.dumps(config.to_dict()),
-        "generation": json.dumps(generation),
-        "detector": json.dumps(detector),
-        "seed": config.seed,
-        "versions": json.dumps(package_versions()),
-    }
+    return file_attrs(TASK, config.preset, config, channel_units={n: units[n] for n in names},
+                      generation=generation, detector=detector)
 
 
 def generate_top_qcd_file(config: TopQCDConfig, out: Path | str, *, workers: int = 1,
                           progress: bool = True) -> Path:
     """``config.n_jets`` fat jets (half top, half QCD, shuffled) into ``out``, atomically."""
     spec = PRESETS[config.preset]
-    return write_balanced(out, n_jets=config.n_jets, seed=config.seed, shard_jets=SHARD_JETS, config=config,
-                          run=generate_shard, images_key="X_jets",
+    return write_balanced(out, n_images=config.n_jets, seed=config.seed, shard_size=SHARD_JETS, config=config,
+                          run=generate_shard, images_key=TASK.images_key,
                           shape=(spec.height, spec.width, config.channels), extras=("pt", "m0", "eta"),
                           attrs=lambda details: _attrs(config, details), workers=workers, progress=progress)

@@ -38,7 +38,6 @@ The model, per particle (a direct particle gun; no event generator is needed for
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from mae_tracker.data.generate import package_versions
-from mae_tracker.data.tasks import TASKS, Shard, task_attrs, write_balanced
+from mae_tracker.data.tasks import TASKS
+from mae_tracker.sim.shards import ShardJob, file_attrs, write_balanced
 
 ELECTRON, PHOTON = 1, 0
 TASK = TASKS["electron-photon"]
@@ -72,7 +71,7 @@ SEED_SALT = 11
 class EGammaConfig:
     """Everything that determines an electron/photon file (stored as JSON in its attributes)."""
 
-    n_jets: int = 10_000  # particles; "jets" so that every task shares the CLI option
+    n_particles: int = 10_000  # one particle (one shower image) each; `generate --n-jets` sets it
     seed: int = 1
     pt_min: float = 40.0
     pt_max: float = 60.0
@@ -82,8 +81,8 @@ class EGammaConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.n_jets < 2 or self.n_jets % 2:
-            problems.append(f"n_jets must be even and >= 2 (balanced classes), got {self.n_jets}")
+        if self.n_particles < 2 or self.n_particles % 2:
+            problems.append(f"n_particles must be even and >= 2 (balanced classes), got {self.n_particles}")
         if self.seed < 0:
             problems.append(f"seed must be >= 0, got {self.seed}")
         if not 0 < self.pt_min < self.pt_max:
@@ -94,6 +93,11 @@ class EGammaConfig:
             problems.append("material and field must be >= 0")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def n_images(self) -> int:
+        """Images in the file (every task's config has this count)."""
+        return self.n_particles
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,18 +219,20 @@ def particle_image(label: int, pt: float, eta: float, config: EGammaConfig,
     return np.stack([crop, time], axis=-1).astype(np.float32), converted
 
 
-def generate_shard(task: Shard) -> EGammaShard:
-    config: EGammaConfig = task.config
-    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(SEED_SALT, task.label, task.shard)))
-    images = np.empty((task.n_jets, SIZE, SIZE, 2), np.float32)
-    pts = rng.uniform(config.pt_min, config.pt_max, task.n_jets)
-    etas = rng.uniform(-config.eta_max, config.eta_max, task.n_jets)
-    converted = np.zeros(task.n_jets, np.float32)
-    for i in range(task.n_jets):
-        images[i], conv = particle_image(task.label, float(pts[i]), float(etas[i]), config, rng)
+def generate_shard(job: ShardJob) -> EGammaShard:
+    """``job.n_images`` particles of class ``job.label`` from the shard's own random stream."""
+    config: EGammaConfig = job.config
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(SEED_SALT, job.label, job.shard)))
+    n = job.n_images
+    images = np.empty((n, SIZE, SIZE, 2), np.float32)
+    pts = rng.uniform(config.pt_min, config.pt_max, n)
+    etas = rng.uniform(-config.eta_max, config.eta_max, n)
+    converted = np.zeros(n, np.float32)
+    for i in range(n):
+        images[i], conv = particle_image(job.label, float(pts[i]), float(etas[i]), config, rng)
         converted[i] = conv
-    return EGammaShard(task.label, task.shard, images, pts.astype(np.float32), etas.astype(np.float32),
-                       converted, n_events=task.n_jets)
+    return EGammaShard(job.label, job.shard, images, pts.astype(np.float32), etas.astype(np.float32),
+                       converted, n_events=n)
 
 
 def _attrs(config: EGammaConfig, details: dict[str, Any]) -> dict[str, Any]:
@@ -236,26 +242,16 @@ def _attrs(config: EGammaConfig, details: dict[str, Any]) -> dict[str, Any]:
              "noise_gev": NOISE, "threshold_gev": THRESHOLD, "time_resolution": [TIME_N, TIME_C],
              "time_window_ns": TIME_WINDOW, "image": [SIZE, SIZE], "centred_on": "most energetic crystal"}
     units = {"energy": "E [GeV]", "time": "t [ns] since the collision"}
-    return {
-        "schema": TASK.schema,
-        "creator": "mae-tracker",
-        **task_attrs(TASK, "cpu"),
-        "channel_names": ["energy", "time"],
-        "channel_units": json.dumps(units),
-        "generator": json.dumps(config.to_dict()),
-        "generation": json.dumps({"gun": "direct particle gun, one particle per image", "shard_jets": SHARD_JETS,
-                                  "n_particles": {"electron": details["n_events"]["1"],
-                                                  "photon": details["n_events"]["0"]}}),
-        "detector": json.dumps({"name": "ecal-barrel", "height": SIZE, "width": SIZE, "cell_size": CRYSTAL,
-                                "channels": ["energy", "time"], "units": units, "model": model}),
-        "seed": config.seed,
-        "versions": json.dumps(package_versions()),
-    }
+    generation = {"gun": "direct particle gun, one particle per image", "shard_jets": SHARD_JETS,
+                  "n_particles": {"electron": details["n_events"]["1"], "photon": details["n_events"]["0"]}}
+    detector = {"name": "ecal-barrel", "height": SIZE, "width": SIZE, "cell_size": CRYSTAL,
+                "channels": list(units), "units": units, "model": model}
+    return file_attrs(TASK, "cpu", config, channel_units=units, generation=generation, detector=detector)
 
 
 def generate_egamma_file(config: EGammaConfig, out: Path | str, *, workers: int = 1, progress: bool = True) -> Path:
-    """``config.n_jets`` particles (half electrons, half photons, shuffled) into ``out``, atomically."""
-    return write_balanced(out, n_jets=config.n_jets, seed=config.seed, shard_jets=SHARD_JETS, config=config,
-                          run=generate_shard, images_key="X", shape=(SIZE, SIZE, 2),
+    """``config.n_particles`` particles (half electrons, half photons, shuffled) into ``out``, atomically."""
+    return write_balanced(out, n_images=config.n_particles, seed=config.seed, shard_size=SHARD_JETS, config=config,
+                          run=generate_shard, images_key=TASK.images_key, shape=(SIZE, SIZE, 2),
                           extras=("pt", "eta", "converted"), attrs=lambda details: _attrs(config, details),
                           workers=workers, progress=progress)

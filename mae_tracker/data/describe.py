@@ -1,4 +1,5 @@
-"""`mae-tracker inspect`: what is in a jet-image file or dataset (folder, glob, list), in one streamed pass.
+"""`mae-tracker inspect`: what is in a jet-image file or dataset (folder, glob, list), in one streamed pass
+(the module is ``describe`` so as not to shadow the standard library's ``inspect``).
 
 Per channel: occupancy (fraction of non-zero pixels) and the per-image channel sum ("energy":
 pT for tracks, energy for calorimeters), overall and per class, plus the largest pixel. Quark jets
@@ -21,20 +22,6 @@ from mae_tracker.data.validate import SCAN_BLOCK_BYTES
 SCHEMA_NAMES = {"X_jets": "e2e-quark-gluon", "X": "e2e-electron-photon"}
 
 
-def _class_names(images_key: str, attrs: dict[str, Any]) -> dict[int, str]:
-    """Label -> name, from the file's ``label_convention`` ("1=quark,0=gluon") when present."""
-    names: dict[int, str] = {}
-    for part in str(attrs.get("label_convention", "")).split(","):
-        label, _, name = part.partition("=")
-        if label.strip() in ("0", "1") and name.strip():
-            names[int(label)] = name.strip()
-    if set(names) == {0, 1}:
-        return names
-    if images_key == "X_jets":
-        return {1: "quark", 0: "gluon"}
-    return {1: "y=1", 0: "y=0"}
-
-
 def _moments(values: np.ndarray) -> dict[str, float]:
     values = values.astype(np.float64)
     return {"min": float(values.min()), "mean": float(values.mean()),
@@ -51,7 +38,7 @@ def summarize(path: DataSpec, *, with_mean_images: bool = False,
     reader = open_dataset(path)  # pixel values are checked in the pass below
     info = reader.info
     first = reader.file_infos[0]
-    names = _class_names(info.images_key, info.attrs)
+    names = dict(zip((1, 0), info.class_names))  # label -> name
     labels = reader.labels()
     c, h, w = info.image_shape
     nonzero = np.zeros((2, c))  # [label, channel]
