@@ -11,6 +11,7 @@ import torch
 
 from mae_tracker.models.classifier import JetClassifier
 from mae_tracker.models.encoders import build_encoder
+from mae_tracker.train.config import CommonConfig
 from mae_tracker.models.variants import encoder_config
 from mae_tracker.train import loop
 
@@ -88,10 +89,9 @@ def test_non_finite_loss_stops_training():
     loop.check_finite(torch.tensor(0.5), epoch=0, step=0)
 
 
-class _Settings:
-    def __init__(self, **values):
-        self.__dict__.update(dict(batch_size=32, seed=1, log_every_steps=2, loader_workers=0, lr_scaling="none",
-                                  compile=False, bf16=True), **values)
+def _Settings(**values) -> CommonConfig:
+    """The loop reads typed config fields: the arms' common config with small settings."""
+    return CommonConfig(**{**dict(batch_size=32, seed=1, log_every_steps=2, loader_workers=0), **values})
 
 
 def _one_epoch(jets_file, lr: float = 1e-2, **settings) -> tuple[dict, torch.Tensor]:

@@ -136,18 +136,27 @@ def _cnn(config: BaselineConfig, data: RunData, train_indices: np.ndarray, devic
         mlflow.log_params({"trainable_params": sum(p.numel() for p in model.parameters()), **loop.scale_info(config)})
         mlflow.log_dict(preprocessor.to_dict(), "preprocessing.json")
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    for epoch in range(start_epoch, config.epochs):
+
+    def train(epoch: int) -> dict[str, float]:
         model.train()
-        metrics = loop.train_one_epoch(
+        return loop.train_one_epoch(
             data.reader, train_indices, preprocessor, config, epoch,
             lambda images, labels: loss_fn(model(images).float(), labels.float()),
             optimizer, scheduler, progress=progress, desc=f"cnn epoch {epoch}", device=device)
+
+    def evaluate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+        nonlocal best
         labels, scores = predict(model, data, data.splits["val"], preprocessor, config.batch_size, device)
-        metrics.update(classification_scores("val", labels, scores, scores > 0.5))
-        mlflow.log_metrics(metrics, step=epoch)
-        best = keep_best_epoch(best, metrics, epoch, model)
+        scored = classification_scores("val", labels, scores, scores > 0.5)
+        best = keep_best_epoch(best, {**metrics, **scored}, epoch, model)
+        return scored
+
+    def checkpoint(epoch: int) -> None:
         loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                              extra={"best": best})
+
+    loop.run_epochs(start_epoch, config.epochs, train=train, evaluate=evaluate, checkpoint=checkpoint,
+                    log_metrics=mlflow.log_metrics)
     model.load_state_dict(best["state"])
     labels, scores = predict(model, data, data.splits["test"], preprocessor, config.batch_size, device)
     ckpt.unlink(missing_ok=True)  # nothing to resume once the run is scored

@@ -183,19 +183,6 @@ def sync_rng() -> None:
         torch.cuda.set_rng_state(state[3])
 
 
-class FollowerRun:
-    """What ranks other than 0 get instead of an MLflow run: the run id, no run."""
-
-    def __init__(self, run_id: str = "") -> None:
-        self.info = type("RunInfo", (), {"run_id": run_id})()
-
-    def __enter__(self) -> FollowerRun:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (no-op on a world of one)."""
     if _context.enabled:

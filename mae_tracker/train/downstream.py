@@ -26,12 +26,17 @@ from mae_tracker.train.data import RunData, prepare_data, subsample
 from mae_tracker.train.evaluation import (best_epoch_errors, classification_scores, keep_best_epoch,
                                           log_test_predictions, untrained_head_warning, validation_errors)
 from mae_tracker.train.features import FrozenFeatures
+from mae_tracker.train.tracker import Tracker
 
 
 def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | None = None,
                      progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one downstream arm; returns final metrics plus ``run_id``."""
-    ctx = distributed.init(config.device)  # under torchrun: rank 0 alone talks to MLflow
+    """Train and evaluate one downstream arm; returns final metrics plus ``run_id``.
+
+    Under torchrun every rank trains; rank 0 alone validates, tests and talks to MLflow (``tracker``).
+    """
+    ctx = distributed.init(config.device)
+    tracker = Tracker.for_this_process()
     progress = progress and ctx.is_main
     config = distributed.on_main(tracking.resumed_config, config)
     data = distributed.on_main(prepare_data, config, progress=progress)
@@ -50,9 +55,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
     tags = {"arm": config.arm}
     if encoder_meta.get("pretrain_run_id"):
         tags["pretrain_run_id"] = encoder_meta["pretrain_run_id"]
-    with (tracking.tracked_run(config.experiment, config.run_name or config.display_name(), config.resume, tags=tags)
-          if ctx.is_main else distributed.FollowerRun()) as run:
-        run_id = distributed.broadcast_object(run.info.run_id)
+    with tracker.run(config.experiment, config.run_name or config.display_name(), config.resume, tags=tags) as run_id:
         ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
         model = JetClassifier(encoder, linear_probe=config.arm == "probe", pool=config.pool,
                               dropout=config.dropout).to(device)
@@ -66,16 +69,16 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             state = loop.load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
             best = state["extra"]["best"]
             start_epoch = state["epoch"] + 1
-        elif ctx.is_main:
-            tracking.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
-                                    {"train": len(train_indices), "val": len(data.splits["val"]),
-                                     "test": len(data.splits["test"])},
-                                    dataset=data.provenance())
-            mlflow.log_params({"labelled_jets": len(train_indices),
-                               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                               **loop.scale_info(config)})
-            mlflow.log_dict(model.encoder.config.to_dict(), "encoder_config.json")
-            mlflow.log_dict(preprocessor.to_dict(), "preprocessing.json")
+        else:
+            tracker.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
+                                   {"train": len(train_indices), "val": len(data.splits["val"]),
+                                    "test": len(data.splits["test"])},
+                                   dataset=data.provenance())
+            tracker.log_params({"labelled_jets": len(train_indices),
+                                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                                **loop.scale_info(config)})
+            tracker.log_dict(model.encoder.config.to_dict(), "encoder_config.json")
+            tracker.log_dict(preprocessor.to_dict(), "preprocessing.json")
 
         loss_fn = torch.nn.BCEWithLogitsLoss()
         train_model = loop.for_training(model, config, device)  # DDP / torch.compile; same weights
@@ -90,50 +93,63 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
                                     device=device)
             train_model = scorer = HeadOnFeatures(model)
             source_preprocessor = None
-        metrics: dict[str, float] = {}
-        for epoch in range(start_epoch, config.epochs):
+
+        def train(epoch: int) -> dict[str, float]:
             model.train()
-            metrics = loop.train_one_epoch(
+            return loop.train_one_epoch(
                 source, train_indices, source_preprocessor, config, epoch,
                 lambda images, labels: loss_fn(train_model(images).float(), labels.float()),
                 optimizer, scheduler, progress=progress, desc=f"{config.arm} epoch {epoch}", device=device)
-            if not ctx.is_main:  # validation, logging and checkpoints are rank 0's
-                distributed.on_main(loop.report_epoch, None, epoch, metrics)  # rank 0's verdict: go on or stop
-                continue
-            labels, scores = predict(scorer, source, data.splits["val"], source_preprocessor, config.batch_size, device)
-            metrics.update(classification_scores("val", labels, scores))
-            metrics.update(validation_errors(labels, scores))  # what promotion's floor and margin read
-            mlflow.log_metrics(metrics, step=epoch)
-            best = keep_best_epoch(best, metrics, epoch, model)
+
+        def evaluate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+            nonlocal best
+            labels, scores = predict(scorer, source, data.splits["val"], source_preprocessor, config.batch_size,
+                                     device)
+            scored = {**classification_scores("val", labels, scores),
+                      **validation_errors(labels, scores)}  # what promotion's floor and margin read
+            best = keep_best_epoch(best, {**metrics, **scored}, epoch, model)
+            return scored
+
+        def checkpoint(epoch: int) -> None:
             loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                                  extra={"best": best})
-            distributed.on_main(loop.report_epoch, callback, epoch, metrics)  # pruned here: every rank stops
 
-        if not ctx.is_main:
-            return distributed.broadcast_object(None)  # rank 0's result, once its run has ended
-        model.load_state_dict(best["state"])
-        labels, scores = predict(scorer, source, data.splits["test"], source_preprocessor, config.batch_size, device)
-        final = {**classification_scores("test", labels, scores), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
-                 "best_val_auc": best["val_auc"], "best_val_acc": best["val_acc"], **best_epoch_errors(best)}
-        mlflow.log_metrics(final)
-        warning = untrained_head_warning(labels, scores)
-        if warning:  # on the run and on screen: its accuracy and AUC would otherwise be taken at face value
-            mlflow.set_tag("warning", warning)
-            print(f"warning: {config.arm} run {run_id}: {warning}", file=sys.stderr, flush=True)
-        log_test_predictions(config.arm, labels, scores, data.info.class_names,
-                             f"{config.arm}: test ROC AUC {final['test_auc']:.4f}")
-        # The logged model is the JetTagger: raw images as stored in the file (channels last,
-        # like E2E X_jets), preprocessing inside, P(label 1) out; `.classifier` is the JetClassifier.
-        example, _ = data.reader.read(data.splits["test"][:2])  # (n, C, H, W) raw
-        saved_model.log_model(JetTagger(model, preprocessor), "classifier",
-                              np.ascontiguousarray(example.transpose(0, 2, 3, 1), dtype=np.float32),
-                              {"encoder_config": model.encoder.config.to_dict(), "arm": config.arm,
-                               "preprocessing": preprocessor.to_dict(),
-                               "pretrain_run_id": encoder_meta.get("pretrain_run_id", ""),
-                               "channel_names": list(data.info.channel_names), "data_sha256": data.digest,
-                               "split_scheme": data.split_scheme, "input_layout": JetTagger.input_layout})
+        metrics = loop.run_epochs(start_epoch, config.epochs, train=train, evaluate=evaluate,
+                                  checkpoint=checkpoint, log_metrics=tracker.log_metrics, callback=callback)
+        final = distributed.on_main(_finish, config, model, best, scorer, source, source_preprocessor, preprocessor,
+                                    data, encoder_meta, run_id, device)
         ckpt.unlink(missing_ok=True)  # the logged classifier replaces it
-    return distributed.broadcast_object({**metrics, **final, "run_id": run_id})
+    return {**metrics, **final, "run_id": run_id}
+
+
+def _finish(config: DownstreamConfig, model: JetClassifier, best: dict[str, Any], scorer: torch.nn.Module,
+            source: Any, source_preprocessor: Preprocessor | None, preprocessor: Preprocessor, data: RunData,
+            encoder_meta: dict[str, Any], run_id: str, device: torch.device) -> dict[str, Any]:
+    """After the last epoch, on rank 0: the best epoch's weights scored once on the test jets,
+    the warning for an untrained head, the test predictions and the logged classifier."""
+    model.load_state_dict(best["state"])
+    labels, scores = predict(scorer, source, data.splits["test"], source_preprocessor, config.batch_size, device)
+    final = {**classification_scores("test", labels, scores), "best_epoch": best["epoch"],
+             "best_val_loss": best["val_loss"], "best_val_auc": best["val_auc"], "best_val_acc": best["val_acc"],
+             **best_epoch_errors(best)}
+    mlflow.log_metrics(final)
+    warning = untrained_head_warning(labels, scores)
+    if warning:  # on the run and on screen: its accuracy and AUC would otherwise be taken at face value
+        mlflow.set_tag("warning", warning)
+        print(f"warning: {config.arm} run {run_id}: {warning}", file=sys.stderr, flush=True)
+    log_test_predictions(config.arm, labels, scores, data.info.class_names,
+                         f"{config.arm}: test ROC AUC {final['test_auc']:.4f}")
+    # The logged model is the JetTagger: raw images as stored in the file (channels last,
+    # like E2E X_jets), preprocessing inside, P(label 1) out; `.classifier` is the JetClassifier.
+    example, _ = data.reader.read(data.splits["test"][:2])  # (n, C, H, W) raw
+    saved_model.log_model(JetTagger(model, preprocessor), "classifier",
+                          np.ascontiguousarray(example.transpose(0, 2, 3, 1), dtype=np.float32),
+                          {"encoder_config": model.encoder.config.to_dict(), "arm": config.arm,
+                           "preprocessing": preprocessor.to_dict(),
+                           "pretrain_run_id": encoder_meta.get("pretrain_run_id", ""),
+                           "channel_names": list(data.info.channel_names), "data_sha256": data.digest,
+                           "split_scheme": data.split_scheme, "input_layout": JetTagger.input_layout})
+    return final
 
 
 def _starting_encoder(config: DownstreamConfig, data: RunData, train_indices: np.ndarray,

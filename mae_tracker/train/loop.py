@@ -28,6 +28,7 @@ from mae_tracker.data.loader import prefetch
 from mae_tracker.paths import cache_dir
 from mae_tracker.progress import progress_bar, progress_line
 from mae_tracker.train import distributed
+from mae_tracker.train.config import CommonConfig
 
 class TrainingFailed(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the run is marked FAILED."""
@@ -44,6 +45,27 @@ def report_epoch(callback: EpochCallback | None, epoch: int, metrics: dict[str, 
         callback(epoch, metrics)
 
 
+def run_epochs(start_epoch: int, epochs: int, *, train: Callable[[int], dict[str, float]],
+               evaluate: Callable[[int, dict[str, float]], dict[str, float]],
+               checkpoint: Callable[[int], None], log_metrics: Callable[..., None],
+               callback: EpochCallback | None = None) -> dict[str, float]:
+    """The epoch skeleton every trained arm shares (pretrain, finetune, probe, scratch, the CNN).
+
+    Each epoch: ``train(epoch)`` on every rank (its metrics); rank 0 alone evaluates (validation,
+    figures) and every rank receives its numbers; they are logged with the epoch as step; rank 0
+    writes the checkpoint; then the caller's callback (a sweep's pruner) sees them on rank 0,
+    and its verdict (``TrialPruned``) stops every rank at once. Returns the last epoch's metrics.
+    """
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, epochs):
+        metrics = train(epoch)
+        metrics.update(distributed.on_main(evaluate, epoch, metrics))
+        log_metrics(metrics, step=epoch)
+        checkpoint(epoch)
+        distributed.on_main(report_epoch, callback, epoch, metrics)
+    return metrics
+
+
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,7 +78,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start(config: Any) -> torch.device:
+def start(config: CommonConfig) -> torch.device:
     """Per-process settings every arm applies before it builds anything: the process group
     under torchrun, CPU threads, seeds (same seed, same data -> same numbers on CPU; the same
     on every rank) and the device (cuda:LOCAL_RANK under torchrun), TF32 matmuls on CUDA."""
@@ -72,15 +94,15 @@ def start(config: Any) -> torch.device:
     return device
 
 
-def global_batch_size(config: Any) -> int:
+def global_batch_size(config: CommonConfig) -> int:
     """Images per optimiser step over all ranks: batch_size x world size."""
     return config.batch_size * distributed.context().world_size
 
 
-def peak_lr(config: Any) -> float:
+def peak_lr(config: CommonConfig) -> float:
     """The learning rate the schedule peaks at: ``lr``, or with ``lr_scaling='linear'`` the MAE
     paper's rule lr x global batch / 256 (``lr`` is then the base lr per 256 images)."""
-    scaling = getattr(config, "lr_scaling", "none")
+    scaling = config.lr_scaling
     if scaling == "none":
         return config.lr
     if scaling == "linear":
@@ -88,32 +110,32 @@ def peak_lr(config: Any) -> float:
     raise ValueError(f"lr_scaling must be 'none' or 'linear', got {scaling!r}")
 
 
-def steps_per_epoch(n_jets: int, config: Any) -> int:
+def steps_per_epoch(n_jets: int, config: CommonConfig) -> int:
     """Optimiser steps per epoch: whole global batches only (the same on every rank, and the
     same as a single process running the global batch)."""
     return n_jets // global_batch_size(config)
 
 
-def scale_info(config: Any) -> dict[str, Any]:
+def scale_info(config: CommonConfig) -> dict[str, Any]:
     """Params that say how a run was spread: world size, global batch, the lr actually used."""
     return {"world_size": distributed.context().world_size, "global_batch_size": global_batch_size(config),
             "peak_lr": peak_lr(config)}
 
 
-def for_training(model: torch.nn.Module, config: Any, device: torch.device) -> torch.nn.Module:
+def for_training(model: torch.nn.Module, config: CommonConfig, device: torch.device) -> torch.nn.Module:
     """The module the training step calls: DDP-wrapped on a world > 1, torch.compile'd with
     ``compile``. Evaluation, checkpoints and logged models keep using ``model`` itself (same
     parameters). Also puts every rank on rank 0's RNG stream."""
     distributed.sync_rng()
     wrapped = distributed.wrap(model, device)
-    if getattr(config, "compile", False):
+    if config.compile:
         wrapped = torch.compile(wrapped)
     return wrapped
 
 
-def autocast(device: torch.device, config: Any) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, config: CommonConfig) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA GPUs that support it (``bf16``); fp32 everywhere else."""
-    if device.type == "cuda" and getattr(config, "bf16", True) and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and config.bf16 and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -260,7 +282,7 @@ def _read_back(running: torch.Tensor, last: torch.Tensor, epoch: int, step: int)
     return total, step_loss / distributed.context().world_size
 
 
-def train_one_epoch(reader: Any, indices: np.ndarray, preprocessor: Any, config: Any, epoch: int,
+def train_one_epoch(reader: Any, indices: np.ndarray, preprocessor: Any, config: CommonConfig, epoch: int,
                     compute_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     optimizer: torch.optim.Optimizer, scheduler: Any, *, progress: bool = False,
                     desc: str = "", device: torch.device | None = None) -> dict[str, float]:
@@ -283,8 +305,8 @@ def train_one_epoch(reader: Any, indices: np.ndarray, preprocessor: Any, config:
     steps = steps_per_epoch(len(indices), config)
     batches = iterate_batches(reader, indices, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
                               preprocessor=preprocessor, drop_last=True, rank=ctx.rank, world_size=ctx.world_size)
-    source = prefetch(batches, workers=getattr(config, "loader_workers", 0), pin_memory=device.type == "cuda",
-                      n_batches=steps, processes=getattr(config, "loader_processes", False))
+    source = prefetch(batches, workers=config.loader_workers, pin_memory=device.type == "cuda",
+                      n_batches=steps, processes=config.loader_processes)
     step_metrics = MetricBuffer()
     log_every = config.log_every_steps
     running = torch.zeros((), dtype=torch.float64, device=device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -14,12 +15,12 @@ from mae_tracker.data.preprocess import Preprocessor
 from mae_tracker.models.packaged import JetEncoder, MAEReconstruction
 from mae_tracker.models.mae import MAEConfig, build_mae
 from mae_tracker.train import distributed, loop, plots, saved_model, tracking
-from mae_tracker.train.background import BackgroundLogger, log_figure_job
 from mae_tracker.train.architecture import build_mae_config
 from mae_tracker.train.config import PretrainConfig, resolve_pixel_options
 from mae_tracker.train.data import RunData, prepare_data
 from mae_tracker.train.evaluation import standard_error
 from mae_tracker.train.monitor import ProbeMonitor
+from mae_tracker.train.tracker import Tracker
 
 EVAL_NOISE_SEED = 12345  # the same masks every epoch, so eval losses are comparable
 
@@ -29,8 +30,10 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
     """Train an MAE; log metrics per epoch, grids, and the encoder + MAE models.
 
     Returns the last epoch's metrics plus the final figures (and ``run_id``, ``encoder_uri``).
+    Under torchrun every rank trains; rank 0 alone evaluates and talks to MLflow (``tracker``).
     """
-    ctx = distributed.init(config.device)  # under torchrun: rank 0 alone talks to MLflow
+    ctx = distributed.init(config.device)
+    tracker = Tracker.for_this_process()
     progress = progress and ctx.is_main
     # "" pixel options become the reference recipe here, so the logged config says what was run.
     config = resolve_pixel_options(distributed.on_main(tracking.resumed_config, config))
@@ -44,9 +47,8 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
         raise ValueError(f"pretrain split has {len(train_indices)} jets, fewer than one batch "
                          f"({loop.global_batch_size(config)}); use more data or a smaller --batch-size")
 
-    with (tracking.tracked_run(config.experiment, config.run_name or config.display_name(), config.resume,
-                               tags={"arm": "pretrain"}) if ctx.is_main else distributed.FollowerRun()) as run:
-        run_id = distributed.broadcast_object(run.info.run_id)
+    with tracker.run(config.experiment, config.run_name or config.display_name(), config.resume,
+                     tags={"arm": "pretrain"}) as run_id:
         ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
         mae_config = build_mae_config(config, data)
         model = build_mae(mae_config).to(device)
@@ -64,69 +66,72 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
             preprocessor = distributed.on_main(Preprocessor.fit, data.reader, train_indices, progress=progress,
                                                pixel_transform=config.pixel_transform,
                                                pixel_scaling=config.pixel_scaling)
-        if not config.resume and ctx.is_main:
-            tracking.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
-                                    {"pretrain": len(train_indices), "test": len(test_indices)},
-                                    dataset=data.provenance())
-            mlflow.log_params({"encoder_params": sum(p.numel() for p in model.encoder.parameters()),
-                               "num_patches": model.encoder.num_patches, **loop.scale_info(config)})
-            mlflow.log_dict(mae_config.to_dict(), "mae_config.json")
-            mlflow.log_dict(preprocessor.to_dict(), "preprocessing.json")
+            tracker.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
+                                   {"pretrain": len(train_indices), "test": len(test_indices)},
+                                   dataset=data.provenance())
+            tracker.log_params({"encoder_params": sum(p.numel() for p in model.encoder.parameters()),
+                                "num_patches": model.encoder.num_patches, **loop.scale_info(config)})
+            tracker.log_dict(mae_config.to_dict(), "mae_config.json")
+            tracker.log_dict(preprocessor.to_dict(), "preprocessing.json")
 
         train_model = loop.for_training(model, config, device)  # DDP / torch.compile; same weights
-        monitor = _probe_monitor(config, data, preprocessor) if ctx.is_main else None
-        grid_train = _grid_jets(data, train_indices[:config.image_jets])
-        grid_test = _grid_jets(data, test_indices[:config.image_jets])
-        metrics: dict[str, float] = {}
-        figures = BackgroundLogger() if ctx.is_main else None  # grids rendered + uploaded off this thread
-        try:
-            for epoch in range(start_epoch, config.epochs):
-                model.train()
-                metrics = loop.train_one_epoch(
-                    data.reader, train_indices, preprocessor, config, epoch,
-                    lambda images, _: train_model(images, mask_ratio=config.mask_ratio, noise=loop.mask_noise(
-                        len(images), model.encoder.num_patches, device))[0],
-                    optimizer, scheduler, progress=progress, desc=f"pretrain epoch {epoch}", device=device)
-                if not ctx.is_main:  # evaluation, logging and checkpoints are rank 0's
-                    distributed.on_main(loop.report_epoch, None, epoch, metrics)  # rank 0's verdict: go on or stop
-                    continue
-                # train_eval_loss is the reconstruction objective a sweep may promote on: with its error.
-                metrics["train_eval_loss"], metrics["train_eval_loss_se"] = _eval_loss(
-                    model, data, train_indices[:len(test_indices)], preprocessor, config, device)
-                metrics["test_loss"], _ = _eval_loss(model, data, test_indices, preprocessor, config, device,
-                                                     with_error=False)
-                if monitor is not None:
-                    started = time.perf_counter()
-                    metrics.update(monitor.metrics(model.encoder, device))  # val_probe_auc, _se, _ci_low, _ci_high
-                    metrics["val_probe_time_s"] = time.perf_counter() - started
-                mlflow.log_metrics(metrics, step=epoch)
-                last = epoch == config.epochs - 1
-                if last or (config.image_every and epoch % config.image_every == 0):
-                    # Two figures of the same layout (the report picks up test_epoch_*.png); the
-                    # artifact keeps the loop's 0-based index, what a person reads counts from 1.
-                    for split, jets in (("train", grid_train), ("test", grid_test)):
-                        _log_grid(model, jets, preprocessor, data.info.channel_names, config, device,
-                                  f"reconstructions/{split}_epoch_{epoch:03d}.png",
-                                  f"{split} jets after epoch {epoch + 1} of {config.epochs}, "
-                                  f"mask ratio {config.mask_ratio:.3g}", figures=figures, run_id=run_id)
-                loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
-                                     extra={"preprocessing": preprocessor.to_dict()})
-                distributed.on_main(loop.report_epoch, callback, epoch, metrics)  # pruned here: every rank stops
-        except BaseException:
-            if figures is not None:  # a grid still rendering must not outlive the run (or the process)
-                figures.abandon()
-            raise
+        # The online probe's jets, read once when rank 0 first evaluates (only rank 0 evaluates).
+        probe_monitor = functools.cache(lambda: _probe_monitor(config, data, preprocessor))
+        grids = {"train": _grid_jets(data, train_indices[:config.image_jets]),
+                 "test": _grid_jets(data, test_indices[:config.image_jets])}
 
-        if not ctx.is_main:
-            return distributed.broadcast_object(None)  # rank 0's result, once its run has ended
-        figures.close()  # every grid is logged (or its error raised) before the models and the run's end
-        final = _compression_figures(model, data, test_indices, preprocessor, config, device)
-        mlflow.log_metrics(final)
-        encoder_uri = _log_models(model, mae_config, preprocessor, data, config, run_id, test_indices[:2])
-        if config.register_as:
-            mlflow.register_model(encoder_uri, config.register_as)
+        def train(epoch: int) -> dict[str, float]:
+            model.train()
+            return loop.train_one_epoch(
+                data.reader, train_indices, preprocessor, config, epoch,
+                lambda images, _: train_model(images, mask_ratio=config.mask_ratio, noise=loop.mask_noise(
+                    len(images), model.encoder.num_patches, device))[0],
+                optimizer, scheduler, progress=progress, desc=f"pretrain epoch {epoch}", device=device)
+
+        def evaluate(epoch: int, _: dict[str, float]) -> dict[str, float]:
+            metrics: dict[str, float] = {}
+            # train_eval_loss is the reconstruction objective a sweep may promote on: with its error.
+            metrics["train_eval_loss"], metrics["train_eval_loss_se"] = _eval_loss(
+                model, data, train_indices[:len(test_indices)], preprocessor, config, device)
+            metrics["test_loss"], _ = _eval_loss(model, data, test_indices, preprocessor, config, device,
+                                                 with_error=False)
+            monitor = probe_monitor()
+            if monitor is not None:
+                started = time.perf_counter()
+                metrics.update(monitor.metrics(model.encoder, device))  # val_probe_auc, _se, _ci_low, _ci_high
+                metrics["val_probe_time_s"] = time.perf_counter() - started
+            if epoch == config.epochs - 1 or (config.image_every and epoch % config.image_every == 0):
+                # Two figures of the same layout (the report picks up test_epoch_*.png); the
+                # artifact keeps the loop's 0-based index, what a person reads counts from 1.
+                for split, jets in grids.items():
+                    _log_grid(model, jets, preprocessor, data.info.channel_names, config, device,
+                              f"reconstructions/{split}_epoch_{epoch:03d}.png",
+                              f"{split} jets after epoch {epoch + 1} of {config.epochs}, "
+                              f"mask ratio {config.mask_ratio:.3g}", tracker)
+            return metrics
+
+        def checkpoint(epoch: int) -> None:
+            loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
+                                 extra={"preprocessing": preprocessor.to_dict()})
+
+        metrics = loop.run_epochs(start_epoch, config.epochs, train=train, evaluate=evaluate,
+                                  checkpoint=checkpoint, log_metrics=tracker.log_metrics, callback=callback)
+        tracker.flush_figures()  # every grid is logged (or its error raised) before the models
+        final = distributed.on_main(_finish, model, mae_config, preprocessor, data, config, run_id, test_indices,
+                                    device)
         ckpt.unlink(missing_ok=True)  # the logged models replace it
-    return distributed.broadcast_object({**metrics, **final, "run_id": run_id, "encoder_uri": encoder_uri})
+    return {**metrics, **final, "run_id": run_id}
+
+
+def _finish(model: torch.nn.Module, mae_config: MAEConfig, preprocessor: Preprocessor, data: RunData,
+            config: PretrainConfig, run_id: str, test_indices: np.ndarray, device: torch.device) -> dict[str, Any]:
+    """After the last epoch, on rank 0: the compression figures and the logged models."""
+    final: dict[str, Any] = _compression_figures(model, data, test_indices, preprocessor, config, device)
+    mlflow.log_metrics(final)
+    final["encoder_uri"] = _log_models(model, mae_config, preprocessor, data, config, run_id, test_indices[:2])
+    if config.register_as:
+        mlflow.register_model(final["encoder_uri"], config.register_as)
+    return final
 
 
 def _probe_monitor(config: PretrainConfig, data: RunData, preprocessor: Preprocessor) -> ProbeMonitor | None:
@@ -170,9 +175,9 @@ def _eval_loss(model: torch.nn.Module, data: RunData, indices: np.ndarray, prepr
 
 @torch.no_grad()
 def _log_grid(model: torch.nn.Module, jets: tuple[np.ndarray, list[str]], preprocessor: Preprocessor,
-              channel_names: Any, config: PretrainConfig, device: torch.device, artifact_file: str, title: str, *,
-              figures: BackgroundLogger | None = None, run_id: str = "") -> None:
-    """Reconstruct here (needs the model, fast); render + upload on ``figures``' thread if given.
+              channel_names: Any, config: PretrainConfig, device: torch.device, artifact_file: str, title: str,
+              tracker: Tracker) -> None:
+    """Reconstruct here (needs the model, fast); render + upload on the tracker's figure thread.
 
     The model sees preprocessed images; the grid shows the file's pixel values: the
     preprocessing is invertible per jet given the stored jet (Preprocessor.inverse_transform)."""
@@ -185,10 +190,7 @@ def _log_grid(model: torch.nn.Module, jets: tuple[np.ndarray, list[str]], prepro
     original = np.where(raw < preprocessor.zero_threshold, np.float32(0.0), raw)  # what the model was shown
     args = (original, pixel_mask.cpu().numpy(), preprocessor.inverse_transform(reconstruction.cpu().numpy(), raw),
             channel_names, title, config.image_scale, labels)
-    if figures is not None:
-        figures.submit(artifact_file, log_figure_job, run_id, _grid_figure, args, artifact_file)
-    else:
-        tracking.log_figure(_grid_figure(*args), artifact_file)
+    tracker.submit_figure(artifact_file, _grid_figure, args)
 
 
 def _grid_figure(original: np.ndarray, pixel_mask: np.ndarray, reconstruction: np.ndarray, channel_names: Any,
