@@ -29,7 +29,7 @@ def main() -> None:
               show_default=True, help="What to generate: quark vs gluon jets, boosted top vs QCD fat jets, "
                                       "or single electrons vs photons.")
 @click.option("--n-jets", type=int, default=10_000, show_default=True,
-              help="Total jets (particles for electron-photon), balanced classes.")
+              help="Total images, balanced classes: jets, or particles for electron-photon (its n_particles).")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--preset", default=None, help="Detector preset: 'cpu' (32x32, 64 patches of 4) or 'e2e' "
                                              "(125x125 crystals); default cpu. Not for electron-photon.")
@@ -175,7 +175,7 @@ def baseline(progress: bool, **settings: Any) -> None:
 
 def _mount_commands() -> None:
     """Commands whose modules carry their own click command (so `python -m` works on them too)."""
-    from mae_tracker.server import server as server_command
+    from mae_tracker.server.launch import server as server_command
     from mae_tracker.pipeline.__main__ import main as pipeline_command
     from mae_tracker.sweep.__main__ import main as sweep_command
 
@@ -240,7 +240,7 @@ def label_efficiency(encoder_uri: str, fractions: list | None, seeds: list | Non
                      progress: bool) -> None:
     """Finetune, probe and scratch from ENCODER_URI at several labelled fractions and seeds,
     as child runs of one parent run that gets the curve and a CSV."""
-    from mae_tracker.label_efficiency import run_label_efficiency
+    from mae_tracker.pipeline.label_efficiency import run_label_efficiency
 
     if not encoder_uri and not resume:
         raise click.UsageError("give an ENCODER_URI (runs:/<id>/encoder or models:/<name>@<alias>) or --resume")

@@ -146,7 +146,7 @@ class Server:
 @pytest.fixture(scope="session")
 def mlflow_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`mae-tracker server` on PostgreSQL with a proxied local artifact folder."""
-    from mae_tracker.server import ServerSettings, TeamServer
+    from mae_tracker.server.launch import ServerSettings, TeamServer
 
     root = tmp_path_factory.mktemp("team-server")
     backend = postgres.create_database("mlflow")
@@ -277,9 +277,10 @@ def team_day(mlflow_server: Server, postgres: Postgres, jets_file: Path,
     with tracking_to(mlflow_server.url):
         start = time.monotonic()
         # probe jets enough for a validation AUC whose interval clears chance (promotion's floor):
-        # 0.822 [0.739, 0.904] measured with 300/100, where 64/64 gave 0.600 [0.458, 0.742]
+        # 0.822 [0.739, 0.904] measured with 300/100, where 64/64 gave 0.600 [0.458, 0.742];
+        # image_jets=8 (the default): the grid test_ui screenshots for the docs
         result = pretrain(PretrainConfig(data=str(jets_file), epochs=1, batch_size=32, depth=2, probe_train_jets=300,
-                                         probe_val_jets=100, eval_jets=64, image_jets=1, num_threads=1,
+                                         probe_val_jets=100, eval_jets=64, image_jets=8, num_threads=1,
                                          experiment=TEAM_EXPERIMENT, checkpoint_dir=str(root / "ckpt")),
                           progress=False)
         seconds["pretrain"] = time.monotonic() - start

@@ -28,7 +28,7 @@ def pretrained(jets_file: Path) -> dict[str, Any]:
 @functools.cache
 def grid(jets_file: Path) -> dict[str, Any]:
     """Parent + 12 children; the data file and split come from the pretrain run."""
-    from mae_tracker.label_efficiency import run_label_efficiency
+    from mae_tracker.pipeline.label_efficiency import run_label_efficiency
 
     return run_label_efficiency(pretrained(jets_file)["encoder_uri"], fractions=FRACTIONS, seeds=SEEDS, arms=ARMS,
                                 overrides={"epochs": CHILD_EPOCHS, "batch_size": 32}, experiment=EXPERIMENT,

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from label_efficiency_grid import ARMS, EXPERIMENT, FRACTIONS, SEEDS, grid, pretrained
-from mae_tracker.label_efficiency import run_label_efficiency
+from mae_tracker.pipeline.label_efficiency import run_label_efficiency
 
 
 def children(parent_id: str) -> list:

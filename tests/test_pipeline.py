@@ -166,7 +166,7 @@ def test_the_shipped_pipeline_files_are_valid():
 
 
 def test_a_changed_pipeline_file_is_a_new_plan_not_a_resume(pipeline):
-    from mae_tracker.label_efficiency import same_plan
+    from mae_tracker.pipeline.label_efficiency import same_plan
 
     result = pipeline["first"]
     plan = {"fractions": FRACTIONS, "seeds": SEEDS, "arms": ARMS + BASELINES,

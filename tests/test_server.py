@@ -21,9 +21,9 @@ from click.testing import CliRunner
 
 pytest.register_assert_rewrite("fixtures_team")
 from fixtures_team import DB_PASSWORD, client_env, free_port, popen, wait_for
-from mae_tracker.server import (ServerSettings, resolve, scrub, server, server_command,
+from mae_tracker.server.launch import (ServerSettings, resolve, scrub, server, server_command,
                                 tracking_url, warnings_for)
-from mae_tracker.stale_runs import close_stale_runs
+from mae_tracker.server.stale_runs import close_stale_runs
 
 pytest_plugins = ["fixtures_team"]
 

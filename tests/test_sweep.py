@@ -320,7 +320,7 @@ def test_spec_details(tmp_path, jets_file):
                       objective="reconstruction", metric={"name": "train_eval_loss", "goal": "minimize"})
     path.write_text(path.read_text().replace("n_trials: null\n", ""))
     spec = load_spec(path)
-    assert spec.n_trials == 4 and spec.goal == "minimize" and spec.report_key == "train_eval_loss"
+    assert spec.n_trials == 4 and spec.goal == "minimize" and spec.monitor_key == "train_eval_loss"
     path = write_spec(tmp_path, jets_file, "details", parameters={"lr": {"distribution": "log_uniform",
                                                                           "min": "3e-4", "max": "3e-3"}})
     assert load_spec(path).parameters["lr"].low == pytest.approx(3e-4)  # YAML reads 3e-4 as a string

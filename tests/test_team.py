@@ -89,7 +89,7 @@ def test_pretrain_sweep_promote_label_efficiency_report_through_the_server(team_
     assert registered.aliases.get("champion") == promotion.version
 
     # Label efficiency from the registered champion, unchanged against the server.
-    from mae_tracker.label_efficiency import run_label_efficiency
+    from mae_tracker.pipeline.label_efficiency import run_label_efficiency
 
     study_result = run_label_efficiency(f"models:/{promotion.registered_model}@champion", fractions=[1.0],
                                         seeds=[0], arms=["probe"], overrides={"epochs": 1, "batch_size": 32},

@@ -66,7 +66,7 @@ class Geometry:
         """(d_eta per row, d_phi per column) of the pixel centres from the jet axis; rows are eta.
 
         The axis is the image centre: the middle of the central pixel for odd sizes, the corner
-        shared by the two central pixels for even ones (data/detector.py's convention)."""
+        shared by the two central pixels for even ones (sim/detector.py's convention)."""
         d_eta = (np.arange(self.height) + 0.5 - self.height / 2) * self.cell_size
         d_phi = (np.arange(self.width) + 0.5 - self.width / 2) * self.cell_size
         return d_eta, d_phi

@@ -145,7 +145,7 @@ def _pretrain(client: mlflow.MlflowClient, spec: PipelineSpec, sweep: dict[str, 
 
 def _label_efficiency(client: mlflow.MlflowClient, spec: PipelineSpec, encoder_uri: str, parent_id: str,
                       progress: bool, echo: Echo) -> dict[str, Any]:
-    from mae_tracker.label_efficiency import KIND as LABEL_EFFICIENCY, run_label_efficiency, same_plan
+    from mae_tracker.pipeline.label_efficiency import KIND as LABEL_EFFICIENCY, run_label_efficiency, same_plan
 
     plan = {"fractions": spec.fractions, "seeds": spec.seeds, "arms": spec.arms + spec.baselines,
             "overrides": spec.downstream, "baseline_overrides": spec.baseline, "fraction_overrides": spec.by_fraction}

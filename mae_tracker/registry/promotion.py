@@ -11,7 +11,7 @@ Stages are deprecated in MLflow 3, so promotion uses aliases only:
 - it takes ``champion`` only if it beats the current champion on the same validation data
   (same data sha256, split seed and fractions, same metric and goal, same evaluation
   protocol; compared through version tags) by more than the noise of the comparison
-  (``registry_evidence``: from both versions' recorded standard errors), or if the family has
+  (``registry.evidence``: from both versions' recorded standard errors), or if the family has
   no champion yet; the winner then drops ``challenger`` so that alias means "the latest
   candidate that lost";
 - refused outright (ValueError, one line): runs not FINISHED, pruned runs (tag
@@ -86,7 +86,7 @@ def promote(run_id: str, *, metric: str | None = None, value: float | None = Non
     in its family and decide champion vs challenger.
 
     ``metric`` defaults to ``val_probe_auc`` (pretrain) or ``best_val_auc`` (downstream); it is
-    read with its standard error and the floor AUC's interval (``registry_evidence``) from
+    read with its standard error and the floor AUC's interval (``registry.evidence``) from
     ``metric_run_id`` (default: the run itself) under ``metric_key`` (default: ``metric``): a
     sweep's objective comes from another run. ``value``, when given, must be that logged value.
     ``goal`` says whether larger or smaller wins. Raises ValueError with a one-line reason when
@@ -299,7 +299,7 @@ def compare(candidate: dict[str, str], champion_tags: dict[str, str], champion: 
     """Does the candidate (version tags) beat champion v``champion``? (wins, reason, noise).
 
     Only on identical validation data and metric, and only by more than the comparison's noise
-    (``registry_evidence.comparison_noise`` of both versions' ``metric_se``; a champion
+    (``registry.evidence.comparison_noise`` of both versions' ``metric_se``; a champion
     registered before errors were recorded counts with the candidate's error alone).
     """
     for key in COMPARABLE_KEYS:

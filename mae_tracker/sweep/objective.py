@@ -157,7 +157,7 @@ class _EpochReporter:
     """Pretrain's per-epoch callback: curves into the trial run, the value to the pruner."""
 
     def __init__(self, trial: optuna.Trial, spec: SweepSpec, trial_run_id: str) -> None:
-        self.trial, self.key, self.run_id = trial, spec.report_key, trial_run_id
+        self.trial, self.key, self.run_id = trial, spec.monitor_key, trial_run_id
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)

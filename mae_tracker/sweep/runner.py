@@ -286,7 +286,7 @@ class ProgressLine:
         value = f"{self.spec.metric}={_fmt(trial.value)}" if trial.value is not None else "no value"
         if trial.state == TrialState.PRUNED and trial.intermediate_values:
             step = max(trial.intermediate_values)
-            value = f"{self.spec.report_key}={_fmt(trial.intermediate_values[step])} at epoch {step}"
+            value = f"{self.spec.monitor_key}={_fmt(trial.intermediate_values[step])} at epoch {step}"
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         best = "none yet"
         if complete:

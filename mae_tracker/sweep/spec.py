@@ -116,7 +116,7 @@ class SweepSpec:
         return {name: list(p.values) for name, p in self.parameters.items()}
 
     @property
-    def report_key(self) -> str:
+    def monitor_key(self) -> str:
         """The per-epoch pretrain metric given to the pruner; same direction as the objective."""
         return "train_eval_loss" if self.objective == "reconstruction" else "val_probe_auc"
 

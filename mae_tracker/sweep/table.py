@@ -5,7 +5,7 @@ page) gets a row per trial: number (a link to the trial run's training view), st
 parameter, the objective value with its standard error, and the per-epoch monitor's last value
 (what the pruner saw). The winner (Optuna's best COMPLETE trial) and the registry's champion
 are marked. Beneath it: the margin between the two best trials beside the noise of that
-comparison, the same rule the registry uses (``registry_evidence.comparison_noise`` of the
+comparison, the same rule the registry uses (``registry.evidence.comparison_noise`` of the
 errors the measuring runs logged), and the parameter importances, flagged as meaningless
 below :data:`MIN_TRIALS_FOR_IMPORTANCE` complete trials. The same table is logged as
 ``report/trials_table.csv`` and ``report/trials_table.md``.
@@ -130,7 +130,7 @@ def table_records(rows: list[TrialRow], spec: SweepSpec) -> list[dict[str, Any]]
     names = list(spec.parameters) + sorted({k for r in rows for k in r.params} - set(spec.parameters))
     return [{"trial": r.number, "state": r.state, **{n: r.params.get(n, "") for n in names},
              spec.metric: "" if r.value is None else r.value, f"{spec.metric}_se": "" if r.se is None else r.se,
-             f"last {spec.report_key}": "" if r.monitor is None else r.monitor,
+             f"last {spec.monitor_key}": "" if r.monitor is None else r.monitor,
              "epoch": "" if r.monitor_epoch is None else r.monitor_epoch,
              "mark": _mark(r), "run_id": r.run_id} for r in rows]
 
@@ -148,7 +148,7 @@ def markdown_table(rows: list[TrialRow], spec: SweepSpec, links: dict[str, str] 
             cell = _num(record[column]) if column != "trial" else str(record[column])
             if column == "trial" and links and row.run_id in links:
                 cell = f"[{row.number}]({links[row.run_id]})"
-            if column == f"last {spec.report_key}" and record["epoch"] != "":
+            if column == f"last {spec.monitor_key}" and record["epoch"] != "":
                 cell += f" (epoch {record['epoch']})"
             if row.winner and column in ("trial", spec.metric):
                 cell = f"**{cell}**"
@@ -191,7 +191,7 @@ def _report(spec: SweepSpec, rows: list[TrialRow], shown: list[TrialRow], links:
               f"**Champion:** {champion_note}",
               margin_line(rows, spec),
               importances,
-              f"Last `{spec.report_key}`: the per-epoch monitor the pruner saw, at the epoch shown. "
+              f"Last `{spec.monitor_key}`: the per-epoch monitor the pruner saw, at the epoch shown. "
               "Mark: W = winner, C = the registry's champion. Table also in artifacts `report/`."]
     return "\n\n".join(parts)
 

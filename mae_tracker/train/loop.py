@@ -38,7 +38,7 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 """Called after every epoch with (epoch, metrics); may raise (e.g. optuna.TrialPruned)."""
 
 
-def report_epoch(callback: EpochCallback | None, epoch: int, metrics: dict[str, float]) -> None:
+def epoch_done(callback: EpochCallback | None, epoch: int, metrics: dict[str, float]) -> None:
     """Give an epoch's metrics to the caller's callback (a sweep's pruner). The arms call it through
     ``distributed.on_main``: rank 0 decides, and its exception (``TrialPruned``) stops every rank."""
     if callback is not None:
@@ -62,7 +62,7 @@ def run_epochs(start_epoch: int, epochs: int, *, train: Callable[[int], dict[str
         metrics.update(distributed.on_main(evaluate, epoch, metrics))
         log_metrics(metrics, step=epoch)
         checkpoint(epoch)
-        distributed.on_main(report_epoch, callback, epoch, metrics)
+        distributed.on_main(epoch_done, callback, epoch, metrics)
     return metrics
 
 

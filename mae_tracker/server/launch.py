@@ -33,8 +33,8 @@ from typing import IO, Iterable
 
 import click
 
-from mae_tracker.ports import port_in_use
-from mae_tracker.stale_runs import close_stale_runs
+from mae_tracker.server.ports import port_in_use
+from mae_tracker.server.stale_runs import close_stale_runs
 from mae_tracker.sweep.storage import mask_password
 from mae_tracker.ui_links import experiments_route
 
@@ -353,15 +353,3 @@ def server(close_stale: float | None, dry_run: bool, **options: object) -> None:
         team.stop()
     if team.proc.returncode not in (0, -signal.SIGTERM, None) and not stop.is_set():
         raise click.ClickException(f"mlflow server exited with code {team.proc.returncode}")
-
-
-def main() -> None:  # `python -m mae_tracker.server`, until the command is mounted in the CLI
-    server()
-
-
-if __name__ == "__main__":
-    main()
-
-
-__all__: list[str] = ["ServerSettings", "TeamServer", "close_stale_runs", "resolve", "scrub", "server",
-                      "server_command", "tracking_url", "warnings_for"]
