@@ -27,7 +27,7 @@ QUICK_START = DOCS / "getting-started.md"
 README_COMMANDS = (
     "bash scripts/setup.sh && . .venv/bin/activate && mlflow run . -e pretrain --env-manager local "
     "--experiment-name mae-tracker",
-    "bash scripts/setup.sh && .venv/bin/python -m pytest",
+    "bash scripts/setup.sh --tests && .venv/bin/python -m pytest",
 )
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
