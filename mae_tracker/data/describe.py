@@ -17,9 +17,11 @@ import numpy as np
 
 from mae_tracker.data.dataset import open_dataset
 from mae_tracker.data.files import DataSpec
+from mae_tracker.data.tasks import TASK_OF_IMAGES_KEY, TASKS
 from mae_tracker.data.validate import SCAN_BLOCK_BYTES
 
-SCHEMA_NAMES = {"X_jets": "e2e-quark-gluon", "X": "e2e-electron-photon"}
+# files without a schema attribute: named by the task their image key implies
+SCHEMA_NAMES = {key: TASKS[task].schema for key, task in TASK_OF_IMAGES_KEY.items()}
 
 
 def _moments(values: np.ndarray) -> dict[str, float]:
