@@ -1,5 +1,6 @@
 """What a physicist sees: UI links that open MLflow's training view, progress that suits a log
-file, what to do after pretraining, and a sweep's objective named in Optuna and on its trials."""
+file (also under `mlflow run`), what to do after pretraining, no MLflow link into the GenAI view,
+and a sweep's objective named in Optuna and on its trials."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ from tqdm import tqdm
 from mae_tracker import progress, ui_links
 from mae_tracker.report.render import html_page, markdown, Paragraph
 
+pytest.register_assert_rewrite("fixtures_team")
+from fixtures_team import client_env  # noqa: E402
+
+pytest_plugins = ["fixtures_team"]
+
+ROOT = Path(__file__).resolve().parents[1]
 UI_JS = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
 
 
@@ -116,6 +123,100 @@ def test_pretrain_into_a_file_prints_a_line_per_epoch_and_what_to_do_next(jets_f
             f"{experiment_id}/runs/{run_id}?workflowType=machine_learning") in text
     assert f"next: mae-tracker finetune --encoder-uri runs:/{run_id}/encoder" in text
     assert "mae-tracker sweep sweeps/" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["local", "server"])
+def test_mlflow_run_pretrain_into_a_file_is_a_line_per_epoch_and_links_only_the_training_view(
+        store, jets_file, tmp_path, request):
+    """The first-run log as `mlflow run . -e pretrain --env-manager local > log 2>&1` leaves it:
+    one line per epoch, no carriage-return progress, and every URL in it opens the training view.
+
+    On a tracking server MLflow 3.17's launcher (the `mlflow run` process, not ours) prints its own
+    "🏃 View run ... at: <url>" without workflowType after every run: its _maybe_set_run_terminated
+    passes the status string to RunStatus.is_terminated, which wants the int, so it always ends
+    the run again and prints. Only MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT in the shell that starts
+    `mlflow run` silences it (the docs say to export it); our own process sets it by itself
+    (test_a_command_on_a_server_links_only_the_training_view)."""
+    if store == "server":
+        uri = request.getfixturevalue("mlflow_server").url
+    else:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = client_env(uri, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)  # train/tracking.py sets it in this test process
+    if store == "server":
+        env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # the launcher's, as the docs say to export
+    epochs = 3
+    params = {"data": jets_file, "epochs": epochs, "batch_size": 32, "depth": 1, "probe_train_jets": 64,
+              "probe_val_jets": 64, "eval_jets": 64, "image_every": 0, "num_threads": 1}
+    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", "pretrain", "--env-manager",
+               "local", "--experiment-name", f"what-you-see-mlflow-run-{store}"]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    log = tmp_path / "pretrain.log"
+    with log.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, timeout=600)
+    raw = log.read_bytes().decode()  # not read_text: universal newlines would hide a "\r"
+    assert done.returncode == 0, raw[-3000:]
+    assert "\r" not in raw, raw
+    lines = raw.splitlines()
+    epoch_lines = [line for line in lines if line.startswith("pretrain epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == [f"pretrain epoch {n}" for n in range(epochs)], raw
+    # about one line per epoch: the rest is a fixed handful (the launcher's, the result, what next)
+    assert len(lines) - len(epoch_lines) < 25, raw
+    ours = [line for line in lines if "=== Running command " not in line]  # the launcher echoes every -P
+    assert max(len(line) for line in ours) < 400, raw  # no progress bar folded into one long line
+    run_id = re.search(r"^run ([0-9a-f]{32}):", raw, re.M).group(1)
+    assert f"=== Run (ID '{run_id}') succeeded ===" in raw  # the launcher's run is the one we report
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.entryPoint"] == "pretrain"
+    base = uri if store == "server" else "http://127.0.0.1:5000"
+    link = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    assert f"view the run: {link}" in raw or f"then open {link}" in raw, raw
+    urls = re.findall(r"https?://\S+/#/\S*", raw)  # links into the UI (not the docs' in a warning)
+    assert urls and all("workflowType=machine_learning" in url for url in urls), urls
+    assert "View run" not in raw and "View experiment" not in raw, raw
+
+
+@pytest.mark.slow
+def test_a_command_on_a_server_links_only_the_training_view(mlflow_server, jets_file, tmp_path):
+    """`mae-tracker pretrain` on a tracking server: MLflow would end the run with "🏃 View run ...
+    at: <url>" (no workflowType: the GenAI view); train/tracking.py turns that off by default
+    (MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT), so the run's only link is ours."""
+    env = client_env(mlflow_server.url)
+    env.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)  # the project's default, not the test's
+    done = subprocess.run([sys.executable, "-m", "mae_tracker", "pretrain", "--data", str(jets_file), "--epochs",
+                           "1", "--batch-size", "32", "--depth", "1", "--probe-train-jets", "64",
+                           "--probe-val-jets", "64", "--eval-jets", "64", "--image-every", "0",
+                           "--num-threads", "1", "--experiment", "what-you-see-server"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    run_id = re.search(r"^run ([0-9a-f]{32}):", out, re.M).group(1)
+    experiment_id = mlflow.MlflowClient(tracking_uri=mlflow_server.url).get_run(run_id).info.experiment_id
+    link = f"{mlflow_server.url}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    assert f"view the run: {link}\n" in out, out
+    urls = re.findall(r"https?://\S+/#/\S*", out)  # links into the UI
+    assert urls and all("workflowType=machine_learning" in url for url in urls), urls
+    assert "View run" not in out and "View experiment" not in out, out
+
+
+@pytest.mark.slow
+def test_mlflow_alone_links_a_server_run_into_the_genai_view(on_server, monkeypatch, capsys):
+    """Why the project silences MLflow's own run link: on a server, MLflow 3 prints one when a run
+    ends, and it has no workflowType (the UI then opens Traces, not the runs table)."""
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "false")
+    client = mlflow.MlflowClient()  # not mlflow.set_experiment: it would export the experiment id
+    experiment_id = client.create_experiment(f"what-you-see-mlflow-link-{time.time_ns()}")
+    run = client.create_run(experiment_id)
+    client.set_terminated(run.info.run_id)
+    out = capsys.readouterr().out
+    link = f"{on_server.url}/#/experiments/{experiment_id}/runs/{run.info.run_id}"
+    assert f"View run {run.info.run_name} at: {link}\n" in out, out
+    assert "workflowType" not in out
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # what train/tracking.py defaults to
+    client.set_terminated(client.create_run(experiment_id).info.run_id)
+    assert "View run" not in capsys.readouterr().out
 
 
 @pytest.mark.slow
