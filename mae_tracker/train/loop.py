@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from mae_tracker.atomic import atomic_path
 from mae_tracker.data.jetfile import iterate_batches
 from mae_tracker.data.loader import prefetch
 from mae_tracker.paths import cache_dir
@@ -220,9 +220,8 @@ def save_checkpoint(path: Path, *, epoch: int, model: torch.nn.Module, optimizer
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "extra": extra or {},
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _numpy_rng_state() -> dict[str, Any]:
