@@ -188,6 +188,21 @@ def test_label_fraction_subsamples_labelled_jets(pretrained, jets_file):
     assert mlflow.get_run(result["run_id"]).data.params["labelled_jets"] == "100"
 
 
+def test_validation_subset_and_early_stopping(pretrained, jets_file):
+    # lr 0: the validation loss never improves after the first epoch, so patience 2 stops training
+    # after epoch 2 of 8; the first epoch stays the selected one, scored on the test jets.
+    result = train_classifier(small_downstream("finetune", jets_file, encoder_uri=pretrained["encoder_uri"],
+                                               lr=0.0, epochs=8, patience=2, val_jets=30), progress=False)
+    run = mlflow.get_run(result["run_id"])
+    assert result["epochs_trained"] == 3 and result["best_epoch"] == 0
+    assert len(history(result["run_id"], "val_auc")) == 3 and run.data.metrics["epochs_trained"] == 3
+    assert (run.data.params["val_jets"], run.data.params["patience"]) == ("30", "2")
+    # the selection saw the first 30 validation jets only; the test score is on every test jet
+    full = train_classifier(small_downstream("finetune", jets_file, encoder_uri=pretrained["encoder_uri"],
+                                             lr=0.0, epochs=1), progress=False)
+    assert result["test_auc"] == pytest.approx(full["test_auc"]) and result["val_loss"] != full["val_loss"]
+
+
 def test_registered_encoder_alias_feeds_finetune(pretrained, jets_file):
     client = mlflow.MlflowClient()
     versions = client.search_model_versions(f"name = '{REGISTERED}'")  # registered by pretrain itself

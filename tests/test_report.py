@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from click.testing import CliRunner
 
-from label_efficiency_study import EXPERIMENT, pretrained, study
+from label_efficiency_grid import EXPERIMENT, grid, pretrained
 from mae_tracker.report import build_report
 
 ARM_TABLES = {"Linear probing": "probe", "Fine-tuning": "finetune", "Scratch (no pretraining)": "scratch"}
@@ -85,21 +85,21 @@ def fmt(value: float, digits: int = 4) -> str:
 
 
 @pytest.fixture(scope="module")
-def le_study(jets_file):
-    return study(jets_file)
+def le_grid(jets_file):
+    return grid(jets_file)
 
 
 @pytest.fixture(scope="module")
-def parent_report(le_study, tmp_path_factory):
-    return build_report(le_study["run_id"], tmp_path_factory.mktemp("report-parent"))
+def parent_report(le_grid, tmp_path_factory):
+    return build_report(le_grid["run_id"], tmp_path_factory.mktemp("report-parent"))
 
 
-def test_tables_hold_the_stored_metrics_with_run_ids(parent_report, le_study, jets_file):
+def test_tables_hold_the_stored_metrics_with_run_ids(parent_report, le_grid, jets_file):
     client = mlflow.MlflowClient()
     pretrain_id = pretrained(jets_file)["run_id"]
     pretrain_run = client.get_run(pretrain_id)
     children = {r.info.run_id: r for r in client.search_runs(
-        [pretrain_run.info.experiment_id], f"tags.mlflow.parentRunId = '{le_study['run_id']}'")}
+        [pretrain_run.info.experiment_id], f"tags.mlflow.parentRunId = '{le_grid['run_id']}'")}
     html, md = html_tables(parent_report.html), markdown_tables(parent_report.markdown)
     for title, arm in ARM_TABLES.items():
         rows = html[title]
@@ -118,7 +118,7 @@ def test_tables_hold_the_stored_metrics_with_run_ids(parent_report, le_study, je
     assert recon["Run"] == pretrain_id
     assert recon["Train loss"] == fmt(pretrain_run.data.metrics["train_eval_loss"])
     assert recon["Test loss"] == fmt(pretrain_run.data.metrics["test_loss"])
-    summary = html[f"Label efficiency (parent run {le_study['run_id'][:8]})"]
+    summary = html[f"Label efficiency (parent run {le_grid['run_id'][:8]})"]
     assert len(summary) == 6  # 3 arms x 2 label counts
     for row in summary:
         ids = row["Runs"].split(", ")
@@ -126,7 +126,7 @@ def test_tables_hold_the_stored_metrics_with_run_ids(parent_report, le_study, je
         assert row["Mean AUC"] == fmt(sum(aucs) / len(aucs)) and row["Max AUC"] == fmt(max(aucs))
 
 
-def test_html_is_self_contained_and_the_report_is_logged_to_the_parent(parent_report, le_study):
+def test_html_is_self_contained_and_the_report_is_logged_to_the_parent(parent_report, le_grid):
     page = parent_report.html.read_text()
     # Nothing is fetched from elsewhere; links a reader clicks (the MLflow UI's) are fine.
     assert re.search(r'<a href="http://[^"]*#/[^"]*\?workflowType=machine_learning">', page)
@@ -135,17 +135,17 @@ def test_html_is_self_contained_and_the_report_is_logged_to_the_parent(parent_re
     images = re.findall(r'<img [^>]*src="([^"]*)"', page)
     assert len(images) >= 4 and all(src.startswith("data:image/png;base64,") for src in images)
     names = {p.name for p in parent_report.figures}
-    assert {"roc.png", "roc_rejection.png", f"label_efficiency_{le_study['run_id'][:8]}.png"} <= names
+    assert {"roc.png", "roc_rejection.png", f"label_efficiency_{le_grid['run_id'][:8]}.png"} <= names
     assert any(n.startswith("reconstructions_") for n in names)
-    assert parent_report.logged_to == le_study["run_id"]
+    assert parent_report.logged_to == le_grid["run_id"]
     client = mlflow.MlflowClient()
-    logged = {a.path for a in client.list_artifacts(le_study["run_id"], "report")}
+    logged = {a.path for a in client.list_artifacts(le_grid["run_id"], "report")}
     assert {"report/report.md", "report/report.html", "report/figures"} <= logged
-    figures = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(le_study["run_id"], "report/figures")}
+    figures = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(le_grid["run_id"], "report/figures")}
     assert figures == names
 
 
-def test_experiment_report_excludes_failed_runs_and_logs_to_a_report_run(le_study, tmp_path):
+def test_experiment_report_excludes_failed_runs_and_logs_to_a_report_run(le_grid, tmp_path):
     client = mlflow.MlflowClient()
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     failed = client.create_run(experiment_id, run_name="crashed-finetune", tags={"arm": "finetune"}).info.run_id
@@ -156,7 +156,7 @@ def test_experiment_report_excludes_failed_runs_and_logs_to_a_report_run(le_stud
     assert failed not in {row["Run"] for row in tables["Fine-tuning"]}
     assert failed in {row["Run"] for row in tables["Excluded runs"]}
     assert "0.1235" not in paths.markdown.read_text()
-    assert f"Label efficiency (parent run {le_study['run_id'][:8]})" in tables
+    assert f"Label efficiency (parent run {le_grid['run_id'][:8]})" in tables
     report_run = client.get_run(paths.logged_to)
     assert report_run.data.tags["kind"] == "report" and report_run.info.status == "FINISHED"
     assert report_run.info.experiment_id == experiment_id

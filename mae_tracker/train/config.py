@@ -159,6 +159,12 @@ class DownstreamConfig(CommonConfig):
         "help": "Layer-wise lr decay: block i of D trains at lr * layer_decay ** (D + 1 - i); 1 = off."})
     pool: str = field(default="mean", metadata={"help": "Token pooling for the head: 'mean' or 'cls'."})
     dropout: float = 0.0
+    val_jets: int = field(default=0, metadata={
+        "help": "Validation jets scored each epoch for model selection (the first N of the seeded validation "
+                "split); 0 = all. The test jets are always all scored."})
+    patience: int = field(default=0, metadata={
+        "help": "Stop when the validation log-loss has not improved for this many epochs (the best epoch is "
+                "kept either way); 0 = train every epoch."})
 
     def display_name(self) -> str:
         """A run name a person can read in the MLflow UI: arm, variant, labels, seed."""
@@ -173,6 +179,8 @@ class DownstreamConfig(CommonConfig):
         super().__post_init__()
         if self.arm not in DOWNSTREAM_ARMS:
             raise ValueError(f"arm must be one of {DOWNSTREAM_ARMS}, got {self.arm!r}")
+        if self.val_jets < 0 or self.patience < 0:
+            raise ValueError(f"val_jets and patience must be >= 0, got {self.val_jets} and {self.patience}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if self.arm in ENCODER_ARMS and not self.encoder_uri and not self.resume:

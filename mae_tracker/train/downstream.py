@@ -42,6 +42,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
     data = distributed.on_main(prepare_data, config, progress=progress)
     device = loop.start(config)
     train_indices = subsample(data.splits["train"], config.label_fraction, config.seed)
+    val_indices = data.splits["val"][:config.val_jets] if config.val_jets else data.splits["val"]
     if len(train_indices) < loop.global_batch_size(config):
         raise ValueError(f"labelled train split has {len(train_indices)} jets, fewer than one batch "
                          f"({loop.global_batch_size(config)}); raise --label-fraction or lower --batch-size")
@@ -71,7 +72,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             start_epoch = state["epoch"] + 1
         else:
             tracker.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
-                                   {"train": len(train_indices), "val": len(data.splits["val"]),
+                                   {"train": len(train_indices), "val": len(val_indices),
                                     "test": len(data.splits["test"])},
                                    dataset=data.provenance())
             tracker.log_params({"labelled_jets": len(train_indices),
@@ -87,15 +88,18 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
         # Under torchrun the image path keeps DDP's gradient sync.
         source, source_preprocessor, scorer = data.reader, preprocessor, model
         if config.arm == "probe" and not ctx.enabled:
-            source = FrozenFeatures(data.reader, np.concatenate([train_indices, data.splits["val"],
+            source = FrozenFeatures(data.reader, np.concatenate([train_indices, val_indices,
                                                                  data.splits["test"]]),
                                     model.encoder, preprocessor, pool=config.pool, batch_size=config.batch_size,
                                     device=device)
             train_model = scorer = HeadOnFeatures(model)
             source_preprocessor = None
 
+        trained = {"epochs": start_epoch}
+
         def train(epoch: int) -> dict[str, float]:
             model.train()
+            trained["epochs"] = epoch + 1
             return loop.train_one_epoch(
                 source, train_indices, source_preprocessor, config, epoch,
                 lambda images, labels: loss_fn(train_model(images).float(), labels.float()),
@@ -103,8 +107,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
 
         def evaluate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
             nonlocal best
-            labels, scores = predict(scorer, source, data.splits["val"], source_preprocessor, config.batch_size,
-                                     device)
+            labels, scores = predict(scorer, source, val_indices, source_preprocessor, config.batch_size, device)
             scored = {**classification_scores("val", labels, scores),
                       **validation_errors(labels, scores)}  # what promotion's floor and margin read
             best = keep_best_epoch(best, {**metrics, **scored}, epoch, model)
@@ -114,22 +117,29 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             loop.save_checkpoint(ckpt, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
                                  extra={"best": best})
 
+        def no_better_for_a_while(epoch: int) -> bool:  # early stopping on the validation curve
+            return bool(config.patience) and epoch - best["epoch"] >= config.patience
+
         metrics = loop.run_epochs(start_epoch, config.epochs, train=train, evaluate=evaluate,
-                                  checkpoint=checkpoint, log_metrics=tracker.log_metrics, callback=callback)
-        final = distributed.on_main(_finish, config, model, best, scorer, source, source_preprocessor, preprocessor,
-                                    data, encoder_meta, run_id, device)
+                                  checkpoint=checkpoint, log_metrics=tracker.log_metrics, callback=callback,
+                                  stop=no_better_for_a_while)
+        final = distributed.on_main(_finish, config, model, best, trained["epochs"], scorer, source,
+                                    source_preprocessor, preprocessor, data, encoder_meta, run_id, device)
         ckpt.unlink(missing_ok=True)  # the logged classifier replaces it
     return {**metrics, **final, "run_id": run_id}
 
 
-def _finish(config: DownstreamConfig, model: JetClassifier, best: dict[str, Any], scorer: torch.nn.Module,
+def _finish(config: DownstreamConfig, model: JetClassifier, best: dict[str, Any], epochs_trained: int,
+            scorer: torch.nn.Module,
             source: Any, source_preprocessor: Preprocessor | None, preprocessor: Preprocessor, data: RunData,
             encoder_meta: dict[str, Any], run_id: str, device: torch.device) -> dict[str, Any]:
-    """After the last epoch, on rank 0: the best epoch's weights scored once on the test jets,
+    """After the last epoch (``epochs_trained`` of them: fewer when stopped early), on rank 0: the
+    best epoch's weights scored once on the test jets,
     the warning for an untrained head, the test predictions and the logged classifier."""
     model.load_state_dict(best["state"])
     labels, scores = predict(scorer, source, data.splits["test"], source_preprocessor, config.batch_size, device)
     final = {**classification_scores("test", labels, scores), "best_epoch": best["epoch"],
+             "epochs_trained": epochs_trained,
              "best_val_loss": best["val_loss"], "best_val_auc": best["val_auc"], "best_val_acc": best["val_acc"],
              **best_epoch_errors(best)}
     mlflow.log_metrics(final)

@@ -48,13 +48,15 @@ def epoch_done(callback: EpochCallback | None, epoch: int, metrics: dict[str, fl
 def run_epochs(start_epoch: int, epochs: int, *, train: Callable[[int], dict[str, float]],
                evaluate: Callable[[int, dict[str, float]], dict[str, float]],
                checkpoint: Callable[[int], None], log_metrics: Callable[..., None],
-               callback: EpochCallback | None = None) -> dict[str, float]:
+               callback: EpochCallback | None = None,
+               stop: Callable[[int], bool] | None = None) -> dict[str, float]:
     """The epoch skeleton every trained arm shares (pretrain, finetune, probe, scratch, the CNN).
 
     Each epoch: ``train(epoch)`` on every rank (its metrics); rank 0 alone evaluates (validation,
     figures) and every rank receives its numbers; they are logged with the epoch as step; rank 0
     writes the checkpoint; then the caller's callback (a sweep's pruner) sees them on rank 0,
-    and its verdict (``TrialPruned``) stops every rank at once. Returns the last epoch's metrics.
+    and its verdict (``TrialPruned``) stops every rank at once. ``stop(epoch)`` (early stopping,
+    decided on rank 0) ends training after that epoch on every rank. Returns the last epoch's metrics.
     """
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, epochs):
@@ -63,6 +65,8 @@ def run_epochs(start_epoch: int, epochs: int, *, train: Callable[[int], dict[str
         log_metrics(metrics, step=epoch)
         checkpoint(epoch)
         distributed.on_main(epoch_done, callback, epoch, metrics)
+        if stop is not None and distributed.on_main(stop, epoch):
+            break
     return metrics
 
 
