@@ -212,6 +212,19 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.3) -
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def wait_for_export_line(proc: subprocess.Popen, url: str, lines: list[str]) -> None:
+    """Read a starting `mae-tracker server`'s output (into ``lines``) until it prints the URL to
+    export; fails if the process exits first."""
+
+    def exported() -> bool:
+        line = proc.stdout.readline()
+        lines.append(line)
+        return f"export MLFLOW_TRACKING_URI={url}" in line or proc.poll() is not None
+
+    wait_for(exported, 180, "the server's export line", interval=0)
+    assert proc.poll() is None, "".join(lines)[-3000:]
+
+
 # --------------------------------------------------------------------------- one team's day
 
 TEAM_EXPERIMENT = "team-tests"

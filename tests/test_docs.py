@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fixtures_team import free_port, wait_for
+from fixtures_team import free_port, wait_for, wait_for_export_line
 from jet_h5 import sparse_images, write_jets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,14 +157,7 @@ def run_server(command: str, env: dict[str, str], work: Path) -> None:
     lines: list[str] = []
     try:
         url = f"http://127.0.0.1:{port}"
-
-        def exported() -> bool:
-            line = proc.stdout.readline()
-            lines.append(line)
-            return f"export MLFLOW_TRACKING_URI={url}" in line or proc.poll() is not None
-
-        wait_for(exported, 180, "the server's export line", interval=0)
-        assert proc.poll() is None, "".join(lines)[-3000:]
+        wait_for_export_line(proc, url, lines)
 
         def answers() -> bool:
             try:

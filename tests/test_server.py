@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 pytest.register_assert_rewrite("fixtures_team")
-from fixtures_team import DB_PASSWORD, client_env, free_port, popen, wait_for
+from fixtures_team import DB_PASSWORD, client_env, free_port, popen, wait_for, wait_for_export_line
 from mae_tracker.server.launch import (ServerSettings, resolve, scrub, server, server_command,
                                 tracking_url, warnings_for)
 from mae_tracker.server.stale_runs import close_stale_runs
@@ -113,14 +113,7 @@ def test_server_command_with_auth_prints_the_url_and_guards_the_api(tmp_path):
     lines: list[str] = []
     try:
         url = f"http://127.0.0.1:{port}"
-
-        def exported() -> bool:
-            line = proc.stdout.readline()
-            lines.append(line)
-            return f"export MLFLOW_TRACKING_URI={url}" in line or proc.poll() is not None
-
-        wait_for(exported, 180, "the export line", interval=0)
-        assert proc.poll() is None, "".join(lines)
+        wait_for_export_line(proc, url, lines)
         api = f"{url}/api/2.0/mlflow/experiments/create"
         body = json.dumps({"name": "auth-check"}).encode()
         with pytest.raises(urllib.error.HTTPError) as refused:

@@ -8,6 +8,7 @@ Pythia, FastJet and awkward are imported when a batch is made (the ``sim`` extra
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -30,6 +31,32 @@ class JetCuts:
     pt_min: float
     pt_max: float
     eta_max: float
+
+
+class JetSample:
+    """What the Pythia jet tasks' configs (quark/gluon, top/QCD) share: a count of jets, the pT and
+    eta window, and JSON in and out (the config is what the file's attributes and a run log)."""
+
+    n_jets: int
+    pt_min: float
+    pt_max: float
+    eta_max: float
+
+    @property
+    def n_images(self) -> int:
+        """Images in the file (every task's config has this count)."""
+        return self.n_jets
+
+    @property
+    def cuts(self) -> JetCuts:
+        return JetCuts(self.pt_min, self.pt_max, self.eta_max)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        return cls(**data)
 
 
 def jet_sample_problems(config: Any, presets: dict[str, Any]) -> list[str]:

@@ -19,7 +19,6 @@ and shuffled (:mod:`mae_tracker.sim.shards`), or pT-matched (:mod:`mae_tracker.s
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,7 +27,7 @@ import numpy as np
 
 from mae_tracker.data.tasks import TASKS
 from mae_tracker.sim.detector import CHANNEL_UNITS, PRESETS, DetectorSpec, get_detector, particles_to_image
-from mae_tracker.sim.events import (COLLISION_ENERGY, EventBatch, EventLoop, JetCuts, collect_jets,
+from mae_tracker.sim.events import (COLLISION_ENERGY, EventBatch, EventLoop, JetCuts, JetSample, collect_jets,
                                     jet_sample_problems, kinematics, make_pythia, offsets, raise_problems)
 from mae_tracker.sim.pt_matched import PT_BIN_WIDTH, write_pt_matched
 from mae_tracker.sim.shards import ShardJob, file_attrs, shard_seeds, write_balanced
@@ -75,7 +74,7 @@ def pythia_settings(label: int, *, pthat_min: float, mpi: bool, hadronisation: b
 
 
 @dataclass
-class QuarkGluonConfig:
+class QuarkGluonConfig(JetSample):
     """Everything that determines a quark/gluon file (stored as JSON in the file).
 
     ``pthat_min`` defaults to 0.7 * ``pt_min`` (49 GeV for the default 70 GeV): measured
@@ -99,22 +98,6 @@ class QuarkGluonConfig:
         if self.pthat_min is None:
             self.pthat_min = round(PTHAT_FRACTION * self.pt_min, 1)
         raise_problems(jet_sample_problems(self, PRESETS))
-
-    @property
-    def n_images(self) -> int:
-        """Images in the file (every task's config has this count)."""
-        return self.n_jets
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "QuarkGluonConfig":
-        return cls(**data)
-
-    @property
-    def cuts(self) -> JetCuts:
-        return JetCuts(self.pt_min, self.pt_max, self.eta_max)
 
     def pythia_settings(self, label: int) -> list[str]:
         assert self.pthat_min is not None

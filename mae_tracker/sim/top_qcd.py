@@ -38,7 +38,6 @@ Physics choices:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ import numpy as np
 from mae_tracker.data.tasks import TASKS
 from mae_tracker.sim import detector as det
 from mae_tracker.sim.detector import DetectorSpec
-from mae_tracker.sim.events import (COLLISION_ENERGY, EventBatch, EventLoop, JetCuts, collect_jets,
+from mae_tracker.sim.events import (COLLISION_ENERGY, EventBatch, EventLoop, JetCuts, JetSample, collect_jets,
                                     jet_sample_problems, kinematics, make_pythia, raise_problems)
 from mae_tracker.sim.shards import ShardJob, file_attrs, shard_seeds, write_balanced
 from mae_tracker.sim.tracker import EXTRA_CHANNELS, EXTRA_UNITS, TrackerSpec, tracker_channels
@@ -76,7 +75,7 @@ PRESETS: dict[str, DetectorSpec] = {
 
 
 @dataclass
-class TopQCDConfig:
+class TopQCDConfig(JetSample):
     """Everything that determines a top/QCD file (stored as JSON in its attributes)."""
 
     n_jets: int = 2_000
@@ -96,22 +95,6 @@ class TopQCDConfig:
         if self.channels not in CHANNEL_SETS:
             problems.append(f"channels must be one of {sorted(CHANNEL_SETS)} for top-qcd, got {self.channels}")
         raise_problems(problems)
-
-    @property
-    def n_images(self) -> int:
-        """Images in the file (every task's config has this count)."""
-        return self.n_jets
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TopQCDConfig":
-        return cls(**data)
-
-    @property
-    def cuts(self) -> JetCuts:
-        return JetCuts(self.pt_min, self.pt_max, self.eta_max)
 
     @property
     def channel_names(self) -> tuple[str, ...]:
