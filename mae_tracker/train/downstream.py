@@ -26,17 +26,17 @@ from mae_tracker.train.data import RunData, prepare_data, subsample
 from mae_tracker.train.evaluation import (best_epoch_errors, classification_scores, keep_best_epoch,
                                           log_test_predictions, untrained_head_warning, validation_errors)
 from mae_tracker.train.features import FrozenFeatures
-from mae_tracker.train.tracker import Tracker
+from mae_tracker.train.log_writer import LogWriter
 
 
 def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one downstream arm; returns final metrics plus ``run_id``.
 
-    Under torchrun every rank trains; rank 0 alone validates, tests and talks to MLflow (``tracker``).
+    Under torchrun every rank trains; rank 0 alone validates, tests and talks to MLflow (``log_writer``).
     """
     ctx = distributed.init(config.device)
-    tracker = Tracker.for_this_process()
+    log_writer = LogWriter.for_this_process()
     progress = progress and ctx.is_main
     config = distributed.on_main(tracking.resumed_config, config)
     data = distributed.on_main(prepare_data, config, progress=progress)
@@ -56,7 +56,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
     tags = {"arm": config.arm}
     if encoder_meta.get("pretrain_run_id"):
         tags["pretrain_run_id"] = encoder_meta["pretrain_run_id"]
-    with tracker.run(config.experiment, config.run_name or config.display_name(), config.resume, tags=tags) as run_id:
+    with log_writer.run(config.experiment, config.run_name or config.display_name(), config.resume, tags=tags) as run_id:
         ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
         model = JetClassifier(encoder, linear_probe=config.arm == "probe", pool=config.pool,
                               dropout=config.dropout).to(device)
@@ -71,15 +71,15 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             best = state["extra"]["best"]
             start_epoch = state["epoch"] + 1
         else:
-            tracker.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
+            log_writer.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
                                    {"train": len(train_indices), "val": len(val_indices),
                                     "test": len(data.splits["test"])},
                                    dataset=data.provenance())
-            tracker.log_params({"labelled_jets": len(train_indices),
+            log_writer.log_params({"labelled_jets": len(train_indices),
                                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                                 **loop.scale_info(config)})
-            tracker.log_dict(model.encoder.config.to_dict(), "encoder_config.json")
-            tracker.log_dict(preprocessor.to_dict(), "preprocessing.json")
+            log_writer.log_dict(model.encoder.config.to_dict(), "encoder_config.json")
+            log_writer.log_dict(preprocessor.to_dict(), "preprocessing.json")
 
         loss_fn = torch.nn.BCEWithLogitsLoss()
         train_model = loop.for_training(model, config, device)  # DDP / torch.compile; same weights
@@ -121,7 +121,7 @@ def train_classifier(config: DownstreamConfig, callback: loop.EpochCallback | No
             return bool(config.patience) and epoch - best["epoch"] >= config.patience
 
         metrics = loop.run_epochs(start_epoch, config.epochs, train=train, evaluate=evaluate,
-                                  checkpoint=checkpoint, log_metrics=tracker.log_metrics, callback=callback,
+                                  checkpoint=checkpoint, log_metrics=log_writer.log_metrics, callback=callback,
                                   stop=no_better_for_a_while)
         final = distributed.on_main(_finish, config, model, best, trained["epochs"], scorer, source,
                                     source_preprocessor, preprocessor, data, encoder_meta, run_id, device)

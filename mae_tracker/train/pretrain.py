@@ -20,7 +20,7 @@ from mae_tracker.train.config import PretrainConfig, resolve_pixel_options
 from mae_tracker.train.data import RunData, prepare_data
 from mae_tracker.train.evaluation import standard_error
 from mae_tracker.train.monitor import ProbeMonitor
-from mae_tracker.train.tracker import Tracker
+from mae_tracker.train.log_writer import LogWriter
 
 EVAL_NOISE_SEED = 12345  # the same masks every epoch, so eval losses are comparable
 
@@ -30,10 +30,10 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
     """Train an MAE; log metrics per epoch, grids, and the encoder + MAE models.
 
     Returns the last epoch's metrics plus the final figures (and ``run_id``, ``encoder_uri``).
-    Under torchrun every rank trains; rank 0 alone evaluates and talks to MLflow (``tracker``).
+    Under torchrun every rank trains; rank 0 alone evaluates and talks to MLflow (``log_writer``).
     """
     ctx = distributed.init(config.device)
-    tracker = Tracker.for_this_process()
+    log_writer = LogWriter.for_this_process()
     progress = progress and ctx.is_main
     # "" pixel options become the reference recipe here, so the logged config says what was run.
     config = resolve_pixel_options(distributed.on_main(tracking.resumed_config, config))
@@ -47,7 +47,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
         raise ValueError(f"pretrain split has {len(train_indices)} jets, fewer than one batch "
                          f"({loop.global_batch_size(config)}); use more data or a smaller --batch-size")
 
-    with tracker.run(config.experiment, config.run_name or config.display_name(), config.resume,
+    with log_writer.run(config.experiment, config.run_name or config.display_name(), config.resume,
                      tags={"arm": "pretrain"}) as run_id:
         ckpt = loop.checkpoint_path(config.checkpoint_dir, run_id)
         mae_config = build_mae_config(config, data)
@@ -66,13 +66,13 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
             preprocessor = distributed.on_main(Preprocessor.fit, data.reader, train_indices, progress=progress,
                                                pixel_transform=config.pixel_transform,
                                                pixel_scaling=config.pixel_scaling)
-            tracker.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
+            log_writer.log_provenance(config.to_dict(), data.path, data.digest, data.split_sizes,
                                    {"pretrain": len(train_indices), "test": len(test_indices)},
                                    dataset=data.provenance())
-            tracker.log_params({"encoder_params": sum(p.numel() for p in model.encoder.parameters()),
+            log_writer.log_params({"encoder_params": sum(p.numel() for p in model.encoder.parameters()),
                                 "num_patches": model.encoder.num_patches, **loop.scale_info(config)})
-            tracker.log_dict(mae_config.to_dict(), "mae_config.json")
-            tracker.log_dict(preprocessor.to_dict(), "preprocessing.json")
+            log_writer.log_dict(mae_config.to_dict(), "mae_config.json")
+            log_writer.log_dict(preprocessor.to_dict(), "preprocessing.json")
 
         train_model = loop.for_training(model, config, device)  # DDP / torch.compile; same weights
         # The online probe's jets, read once when rank 0 first evaluates (only rank 0 evaluates).
@@ -107,7 +107,7 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
                     _log_grid(model, jets, preprocessor, data.info.channel_names, config, device,
                               f"reconstructions/{split}_epoch_{epoch:03d}.png",
                               f"{split} jets after epoch {epoch + 1} of {config.epochs}, "
-                              f"mask ratio {config.mask_ratio:.3g}", tracker)
+                              f"mask ratio {config.mask_ratio:.3g}", log_writer)
             return metrics
 
         def checkpoint(epoch: int) -> None:
@@ -115,8 +115,8 @@ def pretrain(config: PretrainConfig, callback: loop.EpochCallback | None = None,
                                  extra={"preprocessing": preprocessor.to_dict()})
 
         metrics = loop.run_epochs(start_epoch, config.epochs, train=train, evaluate=evaluate,
-                                  checkpoint=checkpoint, log_metrics=tracker.log_metrics, callback=callback)
-        tracker.flush_figures()  # every grid is logged (or its error raised) before the models
+                                  checkpoint=checkpoint, log_metrics=log_writer.log_metrics, callback=callback)
+        log_writer.flush_figures()  # every grid is logged (or its error raised) before the models
         final = distributed.on_main(_finish, model, mae_config, preprocessor, data, config, run_id, test_indices,
                                     device)
         ckpt.unlink(missing_ok=True)  # the logged models replace it
@@ -176,8 +176,8 @@ def _eval_loss(model: torch.nn.Module, data: RunData, indices: np.ndarray, prepr
 @torch.no_grad()
 def _log_grid(model: torch.nn.Module, jets: tuple[np.ndarray, list[str]], preprocessor: Preprocessor,
               channel_names: Any, config: PretrainConfig, device: torch.device, artifact_file: str, title: str,
-              tracker: Tracker) -> None:
-    """Reconstruct here (needs the model, fast); render + upload on the tracker's figure thread.
+              log_writer: LogWriter) -> None:
+    """Reconstruct here (needs the model, fast); render + upload on the log_writer's figure thread.
 
     The model sees preprocessed images; the grid shows the file's pixel values: the
     preprocessing is invertible per jet given the stored jet (Preprocessor.inverse_transform)."""
@@ -190,7 +190,7 @@ def _log_grid(model: torch.nn.Module, jets: tuple[np.ndarray, list[str]], prepro
     original = np.where(raw < preprocessor.zero_threshold, np.float32(0.0), raw)  # what the model was shown
     args = (original, pixel_mask.cpu().numpy(), preprocessor.inverse_transform(reconstruction.cpu().numpy(), raw),
             channel_names, title, config.image_scale, labels)
-    tracker.submit_figure(artifact_file, _grid_figure, args)
+    log_writer.submit_figure(artifact_file, _grid_figure, args)
 
 
 def _grid_figure(original: np.ndarray, pixel_mask: np.ndarray, reconstruction: np.ndarray, channel_names: Any,

@@ -1,7 +1,7 @@
 """An arm's line to MLflow, with the process rank decided once.
 
 Under torchrun only rank 0 talks to MLflow. As facebookresearch/mae's ``main_pretrain.py`` keeps
-a ``log_writer`` that is ``None`` off rank 0, an arm here makes one :class:`Tracker`: on rank 0
+a ``log_writer`` that is ``None`` off rank 0, an arm here makes one :class:`LogWriter`: on rank 0
 it logs, on every other rank each call does nothing. The arms then read as one straight story
 (train, evaluate, log, checkpoint) with no rank checks around their MLflow calls.
 """
@@ -18,7 +18,7 @@ from mae_tracker.train import distributed, tracking
 from mae_tracker.train.background import BackgroundLogger, log_figure_job
 
 
-class Tracker:
+class LogWriter:
     """MLflow on rank 0 (or in a single process); a no-op on the other ranks."""
 
     def __init__(self, active: bool) -> None:
@@ -27,8 +27,8 @@ class Tracker:
         self._figures: BackgroundLogger | None = None
 
     @classmethod
-    def for_this_process(cls) -> Tracker:
-        """The tracker of this process: active on rank 0 (``distributed.init`` decided the rank)."""
+    def for_this_process(cls) -> LogWriter:
+        """The log_writer of this process: active on rank 0 (``distributed.init`` decided the rank)."""
         return cls(distributed.context().is_main)
 
     @contextlib.contextmanager
@@ -73,7 +73,7 @@ class Tracker:
         """``render(*args)`` -> a matplotlib figure, rendered and logged off the training thread."""
         if self.active:
             if self._figures is None:
-                raise RuntimeError("submit_figure outside Tracker.run")
+                raise RuntimeError("submit_figure outside LogWriter.run")
             self._figures.submit(artifact_file, log_figure_job, self.run_id, render, args, artifact_file)
 
     def flush_figures(self) -> None:
