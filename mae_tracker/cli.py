@@ -177,10 +177,12 @@ def _mount_commands() -> None:
     """Commands whose modules carry their own click command (so `python -m` works on them too)."""
     from mae_tracker.server.launch import server as server_command
     from mae_tracker.pipeline.__main__ import main as pipeline_command
+    from mae_tracker.pipeline.scaling_command import main as scaling_command
     from mae_tracker.sweep.__main__ import main as sweep_command
 
     main.add_command(sweep_command, name="sweep")
     main.add_command(pipeline_command, name="pipeline")
+    main.add_command(scaling_command, name="scaling")
     main.add_command(server_command, name="server")
 
 

@@ -54,7 +54,7 @@ def run_pipeline(spec_path: str | Path, *, out_dir: str | Path | None = None, wo
     spec = load_pipeline_spec(spec_path)
     tracking.configure_tracking()
     client = mlflow.MlflowClient()
-    data_path = _data(spec, workers, progress, echo)
+    data_path = dataset_path(spec, workers, progress, echo)
     from mae_tracker.sweep.runner import check_continuable, data_binding
 
     data = data_binding(spec.sweep.with_overrides(fixed={**spec.sweep.fixed, "data": str(data_path)}), progress)
@@ -66,7 +66,7 @@ def run_pipeline(spec_path: str | Path, *, out_dir: str | Path | None = None, wo
     echo(f"pipeline {spec.name}: view it: {run_where(parent_id)}")
     with sigterm_as_exit(), closing(parent_id):  # SIGTERM ends the parent KILLED, as Ctrl-C does
         sweep = _sweep(client, spec, data_path, parent_id, progress, echo)
-        with _active(client, parent_id):
+        with active_parent(client, parent_id):
             pretrained = _pretrain(client, spec, sweep, data_path, parent_id, progress, echo)
             efficiency = _label_efficiency(client, spec, pretrained["encoder_uri"], parent_id, progress, echo)
         summary = results.summarize(client, efficiency["table"])
@@ -81,7 +81,9 @@ def run_pipeline(spec_path: str | Path, *, out_dir: str | Path | None = None, wo
 
 # --- steps -----------------------------------------------------------------------------------
 
-def _data(spec: PipelineSpec, workers: int | None, progress: bool, echo: Echo) -> Path:
+def dataset_path(spec: PipelineSpec, workers: int | None, progress: bool, echo: Echo) -> Path:
+    """The pipeline's data file (``spec.data``: a file, or generator settings generated once into the
+    cache); also used by the scaling study, whose spec has the same ``data`` and ``path``."""
     if "file" in spec.data:  # a file, folder, glob or comma list (absolute)
         from mae_tracker.data.errors import DataError
         from mae_tracker.data.files import resolve_files
@@ -126,7 +128,7 @@ def _pretrain(client: mlflow.MlflowClient, spec: PipelineSpec, sweep: dict[str, 
     settings = {**spec.sweep.fixed, **sweep["best_params"], **spec.pretrain, "data": str(data_path),
                 "experiment": spec.experiment, "run_name": f"{spec.name}-pretrain"}
     config = PretrainConfig(**settings)
-    earlier = _latest_child(client, parent_id, "tags.arm = 'pretrain'")
+    earlier = latest_child(client, parent_id, "tags.arm = 'pretrain'")
     if earlier is not None and earlier.info.status == "FINISHED":
         echo(f"[pretrain] finished earlier (run {earlier.info.run_id[:8]}), kept")
         return {"run_id": earlier.info.run_id, "encoder_uri": earlier.data.tags["encoder_uri"]}
@@ -149,7 +151,7 @@ def _label_efficiency(client: mlflow.MlflowClient, spec: PipelineSpec, encoder_u
 
     plan = {"fractions": spec.fractions, "seeds": spec.seeds, "arms": spec.arms + spec.baselines,
             "overrides": spec.downstream, "baseline_overrides": spec.baseline, "fraction_overrides": spec.by_fraction}
-    earlier = _latest_child(client, parent_id, f"tags.kind = '{LABEL_EFFICIENCY}'")
+    earlier = latest_child(client, parent_id, f"tags.kind = '{LABEL_EFFICIENCY}'")
     resume = ""
     if earlier is not None and same_plan(earlier.info.run_id, encoder_uri, **plan):
         resume = earlier.info.run_id
@@ -232,7 +234,7 @@ def _open_parent(client: mlflow.MlflowClient, spec: PipelineSpec, data: DataBind
 
 
 @contextlib.contextmanager
-def _active(client: mlflow.MlflowClient, parent_id: str) -> Iterator[None]:
+def active_parent(client: mlflow.MlflowClient, parent_id: str) -> Iterator[None]:
     """Make the pipeline parent the active run, so that the arms' runs nest under it, then hand it
     back to ``closing`` still RUNNING (leaving mlflow's context would mark it FINISHED)."""
     tracking.start_existing_run(parent_id)
@@ -244,7 +246,7 @@ def _active(client: mlflow.MlflowClient, parent_id: str) -> Iterator[None]:
         client.update_run(parent_id, status="RUNNING")
 
 
-def _latest_child(client: mlflow.MlflowClient, parent_id: str, condition: str) -> Any:
+def latest_child(client: mlflow.MlflowClient, parent_id: str, condition: str) -> Any:
     experiment_id = client.get_run(parent_id).info.experiment_id
     found = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' AND {condition}",
                                max_results=1, order_by=["attributes.start_time DESC"])
@@ -255,4 +257,4 @@ def _params_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
 
 
-__all__ = ["run_pipeline", "KIND"]
+__all__ = ["run_pipeline", "KIND", "active_parent", "dataset_path", "latest_child"]

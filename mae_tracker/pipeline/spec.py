@@ -82,15 +82,15 @@ def parse_pipeline_spec(raw: Any, *, path: Path, text: str = "") -> PipelineSpec
                              "pretrain", fail, owner="the pipeline")
     downstream = config_fields(mapping(raw, "downstream", fail), DownstreamConfig, PIPELINE_OWNED + SPLIT_OWNED,
                                "downstream", fail, owner="the pipeline")
-    baselines = _names(raw.get("baselines", list(BASELINES)), BASELINES, "baselines", fail)
-    baseline = _baseline_fields(mapping(raw, "baseline", fail), fail) if baselines else {}
-    fractions = tuple(_fraction(v, f"fractions[{i}]", fail) for i, v in enumerate(_list(raw, "fractions",
-                                                                                       [0.01, 0.1, 1.0], fail)))
-    seeds = tuple(integer(v, f"seeds[{i}]", fail, minimum=0) for i, v in enumerate(_list(raw, "seeds",
-                                                                                         [0, 1, 2], fail)))
+    baselines = parse_names(raw.get("baselines", list(BASELINES)), BASELINES, "baselines", fail)
+    baseline = baseline_fields(mapping(raw, "baseline", fail), fail) if baselines else {}
+    fractions = tuple(parse_fraction(v, f"fractions[{i}]", fail)
+                      for i, v in enumerate(nonempty_list(raw, "fractions", [0.01, 0.1, 1.0], fail)))
+    seeds = tuple(integer(v, f"seeds[{i}]", fail, minimum=0)
+                  for i, v in enumerate(nonempty_list(raw, "seeds", [0, 1, 2], fail)))
     if len(set(fractions)) != len(fractions) or len(set(seeds)) != len(seeds):
         raise fail("fractions" if len(set(fractions)) != len(fractions) else "seeds", "has duplicates")
-    by_fraction = _by_fraction(mapping(raw, "by_fraction", fail), fractions, bool(baselines), fail)
+    by_fraction = parse_by_fraction(mapping(raw, "by_fraction", fail), fractions, bool(baselines), fail)
     # The configs' own checks on what the runs will be built from (the long pretraining starts
     # from the sweep's fixed fields; its best parameters were checked with the sweep file).
     check_config(PretrainConfig, {**sweep.fixed, **pretrain}, "pretrain", fail)
@@ -99,8 +99,9 @@ def parse_pipeline_spec(raw: Any, *, path: Path, text: str = "") -> PipelineSpec
         from mae_tracker.baselines import BaselineConfig
 
         check_config(BaselineConfig, baseline, "baseline", fail)
-    return PipelineSpec(path=path, text=text, name=name.strip(), data=_data(raw.get("data"), path, fail), sweep=sweep,
-                     pretrain=pretrain, arms=_names(raw.get("arms", list(DOWNSTREAM_ARMS)), DOWNSTREAM_ARMS, "arms", fail),
+    arms = parse_names(raw.get("arms", list(DOWNSTREAM_ARMS)), DOWNSTREAM_ARMS, "arms", fail)
+    return PipelineSpec(path=path, text=text, name=name.strip(), data=parse_data(raw.get("data"), path, fail),
+                     sweep=sweep, pretrain=pretrain, arms=arms,
                      baselines=baselines, fractions=fractions, seeds=seeds, downstream=downstream,
                      baseline=baseline, by_fraction=by_fraction, description=str(raw.get("description", "")))
 
@@ -115,7 +116,7 @@ def _sweep(raw: Any, path: Path, fail: Fail) -> SweepSpec:
     return load_spec(sweep_path)
 
 
-def _data(raw: Any, path: Path, fail: Fail) -> dict[str, Any]:
+def parse_data(raw: Any, path: Path, fail: Fail) -> dict[str, Any]:
     if not isinstance(raw, dict) or not raw:
         raise fail("data", "must be {file: PATH} (a file, folder, glob or list) or generator settings "
                           "{task, n_jets, seed, preset, ...}")
@@ -141,7 +142,7 @@ def _data(raw: Any, path: Path, fail: Fail) -> dict[str, Any]:
     return settings
 
 
-def _names(raw: Any, allowed: tuple[str, ...], key: str, fail: Fail) -> tuple[str, ...]:
+def parse_names(raw: Any, allowed: tuple[str, ...], key: str, fail: Fail) -> tuple[str, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or any(v not in allowed for v in raw) or len(set(raw)) != len(raw):
@@ -149,27 +150,27 @@ def _names(raw: Any, allowed: tuple[str, ...], key: str, fail: Fail) -> tuple[st
     return tuple(raw)
 
 
-def _list(raw: dict[str, Any], key: str, default: list[Any], fail: Fail) -> list[Any]:
+def nonempty_list(raw: dict[str, Any], key: str, default: list[Any], fail: Fail) -> list[Any]:
     value = raw.get(key, default)
     if not isinstance(value, list) or not value:
         raise fail(key, f"must be a non-empty list, got {value!r}")
     return value
 
 
-def _fraction(value: Any, key: str, fail: Fail) -> float:
+def parse_fraction(value: Any, key: str, fail: Fail) -> float:
     value = float(number(value, key, fail))
     if not 0.0 < value <= 1.0:
         raise fail(key, f"must be in (0, 1], got {value}")
     return value
 
 
-def _baseline_fields(values: dict[str, Any], fail: Fail) -> dict[str, Any]:
+def baseline_fields(values: dict[str, Any], fail: Fail) -> dict[str, Any]:
     from mae_tracker.baselines import BaselineConfig
 
     return config_fields(values, BaselineConfig, PIPELINE_OWNED + SPLIT_OWNED, "baseline", fail, owner="the pipeline")
 
 
-def _by_fraction(raw: dict[Any, Any], fractions: tuple[float, ...], with_baselines: bool, fail: Fail
+def parse_by_fraction(raw: dict[Any, Any], fractions: tuple[float, ...], with_baselines: bool, fail: Fail
                  ) -> dict[float, dict[str, Any]]:
     """Fields for every run at one labelled fraction (e.g. more epochs for 1 % of the labels)."""
     from dataclasses import fields as dataclass_fields
@@ -181,7 +182,7 @@ def _by_fraction(raw: dict[Any, Any], fractions: tuple[float, ...], with_baselin
         allowed.update({f.name: f.type for f in dataclass_fields(BaselineConfig)})
     result: dict[float, dict[str, Any]] = {}
     for key, values in raw.items():
-        fraction = _fraction(key, f"by_fraction.{key}", fail)
+        fraction = parse_fraction(key, f"by_fraction.{key}", fail)
         if fraction not in fractions:
             raise fail(f"by_fraction.{key}", f"is not one of the fractions {list(fractions)}")
         if not isinstance(values, dict):
