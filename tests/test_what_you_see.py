@@ -159,6 +159,7 @@ def test_mlflow_run_pretrain_into_a_file_is_a_line_per_epoch_and_links_only_the_
     raw = log.read_bytes().decode()  # not read_text: universal newlines would hide a "\r"
     assert done.returncode == 0, raw[-3000:]
     assert "\r" not in raw, raw
+    assert "Add type hints" not in raw and "\x1b[" not in raw, raw  # no coloured MLflow warnings
     lines = raw.splitlines()
     epoch_lines = [line for line in lines if line.startswith("pretrain epoch ")]
     assert [line.split(":")[0] for line in epoch_lines] == [f"pretrain epoch {n}" for n in range(epochs)], raw
