@@ -187,3 +187,21 @@ def test_the_shipped_scaling_study_is_valid():
     assert len(spec.encoders) >= 2 and set(spec.arms) == {"probe", "finetune"}
     assert set(spec.baselines) == {"cnn", "gbdt"}
     assert spec.fractions == (0.01, 0.1) and spec.seeds == (0, 1, 2) and spec.data["task"] == "quark-gluon"
+
+
+@pytest.mark.slow
+def test_the_same_study_on_other_data_is_refused_before_anything_runs(study, jets_file, tmp_path):
+    import shutil
+
+    from mae_tracker.cli import main
+
+    other = tmp_path / "other.h5"
+    shutil.copy(jets_file, other)
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    before = len(client.search_runs([experiment_id], max_results=5000))
+    outcome = CliRunner().invoke(main, ["scaling", str(write_study(tmp_path, other))])
+    assert outcome.exit_code == 1 and len(outcome.stderr.strip().splitlines()) == 1, outcome.output
+    assert f"(parent run {study['second']['run_id']}) ran on" in outcome.stderr and "another `name:`" in outcome.stderr
+    assert len(client.search_runs([experiment_id], max_results=5000)) == before
+    assert client.get_run(study["second"]["run_id"]).info.status == "FINISHED"
