@@ -79,5 +79,5 @@ def _draw_fit(ax: object, fits: pd.DataFrame, encoder: str, arm: str, fraction: 
     if math.isfinite(crossing) and largest < crossing <= largest * EXTEND:
         ax.plot([crossing], [fit.baseline_auc], marker="*", markersize=11, color=colour, linestyle="none")
         ax.annotate(f"{crossing:,.0f}\n(extrapolation)", (crossing, fit.baseline_auc), fontsize=7, color=colour,
-                    textcoords="offset points", xytext=(4, -22))
+                    textcoords="offset points", xytext=(-70, -24))
     return end
