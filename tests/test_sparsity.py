@@ -185,11 +185,15 @@ def test_old_preprocessing_dicts_load_as_the_reference_recipe_and_bad_options_fa
     assert PretrainConfig().display_name() == "pretrain-vit-nano-mask0.75-lr0.001-seed0"  # as before
     assert PretrainConfig(pixel_transform="log1p", pixel_scaling="channel", occupied_pixel_weight=10,
                           occupied_patch_weight=5).display_name() == \
-        "pretrain-vit-nano-mask0.75-log1p-channel-pixw10-patchw5-lr0.001-seed0"
+        "pretrain-vit-nano-mask0.75-pixw10-patchw5-lr0.001-seed0"
     resolved = resolve_pixel_options(PretrainConfig())
     assert resolved.display_name() == PretrainConfig().display_name()
-    assert (resolved.pixel_transform, resolved.pixel_scaling) == ("none", "sample-minmax")
-    assert resolve_pixel_options(PretrainConfig(pixel_scaling="channel")).pixel_scaling == "channel"
+    # the default is the best recipe measured; the reference work's is one option away
+    assert (resolved.pixel_transform, resolved.pixel_scaling) == ("log1p", "channel")
+    reference = resolve_pixel_options(PretrainConfig(pixel_scaling="sample-minmax"))
+    assert (reference.pixel_transform, reference.pixel_scaling) == ("none", "sample-minmax")
+    assert reference.display_name() == "pretrain-vit-nano-mask0.75-none-sample-minmax-lr0.001-seed0"
+    assert resolve_pixel_options(PretrainConfig(pixel_transform="none")).pixel_scaling == "channel"
 
 
 # --- through the arms and the sweep ------------------------------------------------------------
@@ -223,10 +227,10 @@ def test_pretrain_with_the_options_runs_and_logs_them(sparse_pretrained):
     assert np.isfinite(sparse_pretrained["test_loss"]) and 0 <= sparse_pretrained["val_probe_auc"] <= 1
 
 
-def test_default_pretrain_logs_the_resolved_reference_recipe(sparse_file):
+def test_default_pretrain_logs_the_resolved_default_recipe(sparse_file):
     run_id = pretrain(PretrainConfig(data=str(sparse_file), **SMALL), progress=False)["run_id"]
     params = mlflow.get_run(run_id).data.params
-    assert params["pixel_transform"] == "none" and params["pixel_scaling"] == "sample-minmax"
+    assert params["pixel_transform"] == "log1p" and params["pixel_scaling"] == "channel"
     config = mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json")
     assert PretrainConfig.from_dict(config) == resolve_pixel_options(PretrainConfig(data=str(sparse_file), **SMALL))
 
@@ -245,8 +249,9 @@ def test_downstream_uses_the_encoders_preprocessing_and_refuses_a_different_one(
     preprocessing = mlflow.artifacts.load_dict(f"runs:/{run_id}/preprocessing.json")
     assert (preprocessing["pixel_transform"], preprocessing["pixel_scaling"]) == ("log1p", "channel")
     # without an encoder the options choose how the labelled jets' preprocessing is fitted
-    scratch = train_classifier(DownstreamConfig.for_arm("scratch", data=str(sparse_file), pixel_scaling="channel",
-                                                        epochs=1, batch_size=16, experiment="test-sparsity"),
+    scratch = train_classifier(DownstreamConfig.for_arm("scratch", data=str(sparse_file), pixel_transform="none",
+                                                        pixel_scaling="channel", epochs=1, batch_size=16,
+                                                        experiment="test-sparsity"),
                                progress=False)
     preprocessing = mlflow.artifacts.load_dict(f"runs:/{scratch['run_id']}/preprocessing.json")
     assert (preprocessing["pixel_transform"], preprocessing["pixel_scaling"]) == ("none", "channel")
