@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from mae_tracker.sweep.parent import set_parent_tag  # noqa: E402
 from mae_tracker.sweep.promotion import promote_from_sweep  # noqa: E402
 from mae_tracker.sweep.spec import SweepSpec  # noqa: E402
 from mae_tracker.sweep.summary import summarize  # noqa: E402
@@ -33,7 +34,7 @@ def finish(study: optuna.Study, spec: SweepSpec, url: str, parent_id: str,
     client = mlflow.MlflowClient()
     summary = summarize(study, spec, url, parent_id)
     finished = sum(summary["states"].get(s, 0) for s in ("COMPLETE", "PRUNED"))
-    client.set_tag(parent_id, "sweep_status", f"{finished} of {spec.n_trials} trials finished "
+    set_parent_tag(client, parent_id, "sweep_status", f"{finished} of {spec.n_trials} trials finished "
                    + ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary["states"].items())))
     if "best_trial" in summary:
         _record_best(client, study, spec, parent_id)
@@ -61,7 +62,7 @@ def _record_best(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSp
         if best.user_attrs.get(key):
             tags[f"best_{key.replace('mlflow_', 'trial_')}"] = best.user_attrs[key]
     for key, value in tags.items():
-        client.set_tag(parent_id, key, value)
+        set_parent_tag(client, parent_id, key, value)
     client.log_metric(parent_id, f"best_{spec.metric}", best.value)
 
 
@@ -145,11 +146,11 @@ def promote_best(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSp
                                     study=spec.name, trial=best.number, goal=spec.goal)
     except Exception as err:  # the sweep's results stand; say why the encoder was not registered
         echo(f"[{spec.name}] promotion failed: {err}")
-        client.set_tag(parent_id, "promotion", f"failed: {err}"[:4000])
+        set_parent_tag(client, parent_id, "promotion", f"failed: {err}"[:4000])
         return {"error": str(err)}
     echo(f"[{spec.name}] promotion: {result.registered_model} v{result.version} @{result.alias}: {result.reason}")
-    client.set_tag(parent_id, PROMOTED_TAG, pretrain_run_id)
-    client.set_tag(parent_id, "promotion", f"{result.registered_model} v{result.version} "
+    set_parent_tag(client, parent_id, PROMOTED_TAG, pretrain_run_id)
+    set_parent_tag(client, parent_id, "promotion", f"{result.registered_model} v{result.version} "
                                            f"@{result.alias}: {result.reason}"[:4000])
     return {"registered_model": result.registered_model, "version": result.version, "alias": result.alias,
             "reason": result.reason}

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import mlflow
 import optuna
+from mlflow.exceptions import MlflowException
 
 from mae_tracker.signals import Terminated, sigterm_received
 from mae_tracker.sweep.spec import ParamSpec, SweepSpec
@@ -165,3 +166,19 @@ def _space_text(p: ParamSpec) -> str:
     step = f" step {p.step}" if p.step else ""
     log = " log" if p.log and p.distribution != "log_uniform" else ""
     return f"{p.distribution}[{p.low}, {p.high}]{step}{log}"
+
+
+def set_parent_tag(client: mlflow.MlflowClient, run_id: str, key: str, value: str) -> None:
+    """``client.set_tag`` on the sweep's parent run, which every worker writes when it finishes: two
+    workers setting the same new tag at the same moment both insert it, and the second insert fails
+    (SQLite "UNIQUE constraint failed", PostgreSQL "duplicate key"); the retry finds the row and
+    updates it. Any other error is raised at once."""
+    for attempt in range(4):
+        try:
+            client.set_tag(run_id, key, value)
+            return
+        except MlflowException as err:
+            if attempt == 3 or not any(race in str(err) for race in ("UNIQUE constraint failed", "duplicate key")):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+

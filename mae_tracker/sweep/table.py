@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mae_tracker.registry.evidence import comparison_noise, read_evidence
+from mae_tracker.sweep.parent import set_parent_tag
 from mae_tracker.sweep.spec import SweepSpec
 from mae_tracker.ui_links import run_url
 
@@ -225,7 +226,7 @@ def record_table(client: mlflow.MlflowClient, study: optuna.Study, spec: SweepSp
             except mlflow.exceptions.MlflowException:
                 pass
     text = report_markdown(study, spec, rows, links, champion_note, limit=NOTE_LIMIT)
-    client.set_tag(parent_id, NOTE_TAG, text)
+    set_parent_tag(client, parent_id, NOTE_TAG, text)
     with tempfile.TemporaryDirectory() as tmp:
         records = table_records(rows, spec)
         with open(Path(tmp) / "trials_table.csv", "w", newline="") as handle:
