@@ -1,11 +1,25 @@
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
-import mlflow
-import pytest
-import torch
+# matplotlib keeps its font cache in ~/.cache/matplotlib and ~/.config/matplotlib unless MPLCONFIGDIR
+# says otherwise, from its first import (test collection, before any fixture) and in every subprocess
+# that renders a figure: a temp dir for the session instead, never the user's home.
+if "MPLCONFIGDIR" not in os.environ:
+    _mpl_dir = tempfile.mkdtemp(prefix="mae-tracker-tests-mpl-")
+    os.environ["MPLCONFIGDIR"] = _mpl_dir
+    atexit.register(shutil.rmtree, _mpl_dir, ignore_errors=True)
+# MLflow 3's usage telemetry keeps an installation id in ~/.config/mlflow/telemetry.json (it is off by
+# itself only when CI is set): off for the tests, which write nothing into the user's home.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Two cores: keep every test process from oversubscribing them.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
