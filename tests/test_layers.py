@@ -56,14 +56,12 @@ def test_generate_without_the_extra_is_one_line(tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_a_dataset_to_generate_without_the_extra_names_it(tmp_path):
-    # (the default settings' file ships with the package: tests/test_embedded.py)
+def test_default_dataset_without_the_extra_names_it(tmp_path):
     proc = run_blocked("import os\n"
                        f"os.environ['MAE_TRACKER_CACHE'] = {str(tmp_path)!r}\n"
                        "from mae_tracker.sim import SimulationMissing\n"
                        "from mae_tracker.sim.default import default_dataset\n"
-                       "from mae_tracker.sim.quark_gluon import QuarkGluonConfig\n"
-                       "try:\n    default_dataset(QuarkGluonConfig(n_jets=200, seed=7), progress=False)\n"
+                       "try:\n    default_dataset(progress=False)\n"
                        "except SimulationMissing as err:\n    print(err)\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "event generation needs the simulation extra: pip install 'mae-tracker[sim]'\n"

@@ -1,8 +1,7 @@
-"""The default dataset, and any generator settings' dataset: generated once and cached.
+"""The embedded default dataset: Pythia jets generated once and cached.
 
-The default settings' file ships with the package (data/embedded.py), so it is never generated
-on a user's machine; other settings (a pipeline's data section) are generated here on first use.
-Generating needs the ``sim`` extra; without it, one line says so.
+`mlflow run . -e pretrain` with no data file uses it, so a fresh checkout runs end to end
+(with the ``sim`` extra installed; without it, one line says so).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mae_tracker.data.embedded import embedded_dataset
 from mae_tracker.paths import cache_dir
 from mae_tracker.sim.generate import generate_task_file, task_of
 from mae_tracker.sim.quark_gluon import QuarkGluonConfig
@@ -38,9 +36,6 @@ def default_dataset(config: Any = DEFAULT_GENERATOR, *, workers: int | None = No
                     progress: bool = True) -> Path:
     """Path of the default dataset (or of any generator config's), generating it first if it
     is not cached yet. Generation writes atomically: an interrupted one leaves no file."""
-    shipped = embedded_dataset(config.to_dict())
-    if shipped is not None:  # the default settings' file ships with the package
-        return shipped
     path = default_dataset_path(config)
     if not path.exists():
         generate_task_file(config, path, workers=workers or max(1, os.cpu_count() or 1), progress=progress)

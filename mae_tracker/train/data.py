@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from mae_tracker.data.dataset import DatasetInfo, JetDataset, format_class_balance, open_dataset
-from mae_tracker.data.embedded import embedded_dataset
 from mae_tracker.data.errors import DataError
 from mae_tracker.data.files import DATA_SUFFIXES, absolute_spec
 from mae_tracker.data.jetfile import make_splits
@@ -99,16 +98,13 @@ def data_file(config: CommonConfig, progress: bool = True) -> tuple[str, str]:
 
     ``--data`` when given. Else a downstream arm with ``--encoder-uri`` reads the data the encoder
     was pretrained on (if it is still there with the digest the encoder records: else an error
-    asking for ``--data``), and any other run the default dataset (shipped with the package, data/embedded.py).
+    asking for ``--data``), and any other run the default generated dataset.
     """
     if config.data:
         return str(config.data), ""
     encoder_uri = getattr(config, "encoder_uri", "")
     if encoder_uri:
         return encoder_data_file(encoder_uri)
-    shipped = embedded_dataset()
-    if shipped is not None:  # the default data ships with the package: no simulation needed
-        return str(shipped), ""
     from mae_tracker.sim.default import default_dataset  # imported here: reading real files needs no simulation
 
     return str(default_dataset(progress=progress)), ""
